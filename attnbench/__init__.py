@@ -1,0 +1,11 @@
+"""attnbench: efficient attention implementations side by side.
+
+    import attnbench
+    attnbench.list_methods()
+    attn = attnbench.create("anchor", heads=6, head_dim=64, m=30)
+    out = attn(q, k, v, grid=(14, 14))      # q, k, v, out: (B, heads, N, head_dim)
+"""
+from attnbench.registry import create, get_info, list_methods, load_plugin, register
+
+__version__ = "0.1.0"
+__all__ = ["create", "get_info", "list_methods", "load_plugin", "register", "__version__"]

@@ -1,0 +1,193 @@
+"""The command line: ``python bench.py <command>`` or the ``attnbench`` console script.
+
+Bad input prints one line on stderr and exits with status 2; no traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from attnbench import registry
+from attnbench.results import RowsFileError
+from attnbench.sweep import DTYPES, MODES, SpecError, SweepConfig, parse_m_spec, parse_n_spec, parse_params
+from attnbench.workloads import WorkloadError
+
+DEFAULT_N = {"cpu": "196,1024,4096", "cuda": "196..16384"}
+DEFAULT_M = "10,30,100"
+
+
+class BadInput(click.ClickException):
+    """Reported as one line and exit status 2."""
+
+    exit_code = 2
+
+
+def plugin_option(fn: Callable) -> Callable:
+    """``--plugin FILE_OR_MODULE`` (repeatable): import user code registering more methods."""
+
+    def load(ctx, param, values):
+        for spec in values or ():
+            try:
+                registry.load_plugin(spec)
+            except registry.PluginError as exc:
+                raise BadInput(str(exc)) from None
+        return values
+
+    return click.option("--plugin", "plugins", multiple=True, callback=load, expose_value=False,
+                        is_eager=True, metavar="FILE_OR_MODULE",
+                        help="Import user code that registers methods (repeatable).")(fn)
+
+
+def best_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> str:
+    import torch
+
+    if device not in ("cpu", "cuda"):
+        raise BadInput(f"unknown device {device!r}; use cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda asked for, but torch sees no CUDA device "
+                       f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
+    return device
+
+
+def resolve_methods(spec: str | None, device: str) -> tuple[str, ...]:
+    """Comma list of names, or every method (available ones only when no list is given)."""
+    if spec:
+        names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+        for name in names:
+            try:
+                registry.get_info(name)
+            except KeyError as exc:
+                raise BadInput(exc.args[0]) from None
+        return names
+    return tuple(m["name"] for m in registry.list_methods(device) if m["available"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """attnbench: efficient attention side by side: latency, memory, FLOPs, error."""
+
+
+@cli.command("list")
+@plugin_option
+@click.option("--device", default=None, help="Check availability on this device (default: best present).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_cmd(device: str | None, as_json: bool) -> None:
+    """Registered methods with family, budget and availability on this machine."""
+    device = device or best_device()
+    if device not in ("cpu", "cuda"):
+        raise BadInput(f"unknown device {device!r}; use cpu or cuda")
+    methods = registry.list_methods(device)
+    if as_json:
+        click.echo(json.dumps(methods, indent=2, default=str))
+        return
+    click.echo(f"{'method':<20} {'family':<12} {'budget':<8} available on {device}")
+    for m in methods:
+        state = "yes" if m["available"] else f"no: {m['reason']}"
+        click.echo(f"{m['name']:<20} {m['family']:<12} {m['budget'] or '-':<8} {state}")
+
+
+@cli.command("env")
+@plugin_option
+@click.option("--device", default=None, help="Device to describe (default: best present).")
+def env_cmd(device: str | None) -> None:
+    """Print the environment stored with every row."""
+    from attnbench.measure.env import collect_env
+
+    click.echo(json.dumps(collect_env(check_device(device or best_device())), indent=2, default=str))
+
+
+@cli.command("sweep")
+@plugin_option
+@click.option("--n", "n_spec", default=None,
+              help=f"Token counts: A..B (A, powers of two between, B) or a comma list. "
+                   f"Default {DEFAULT_N['cpu']} on CPU, {DEFAULT_N['cuda']} on CUDA.")
+@click.option("--m", "m_spec", default=DEFAULT_M, show_default=True, help="Budgets (anchors, landmarks...).")
+@click.option("--methods", "methods_spec", default=None, help="Comma list (default: all available).")
+@click.option("--device", default=None, help="cpu or cuda (default: best present).")
+@click.option("--dtype", default=None, help="float32|float16|bfloat16 (default float32 on CPU, bfloat16 on CUDA).")
+@click.option("--batch", default=1, show_default=True, type=int)
+@click.option("--heads", default=6, show_default=True, type=int)
+@click.option("--head-dim", default=64, show_default=True, type=int)
+@click.option("--mode", default="fwd", show_default=True, help="fwd or fwdbwd.")
+@click.option("--workload", default="gaussian", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--param", "param_items", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="Method parameter, e.g. anchor.shared=true (repeatable).")
+@click.option("--out", default=None, help="Run folder (default results/sweep-<device>); rerun to resume.")
+@click.option("--min-run-time", default=0.2, show_default=True, type=float,
+              help="CPU timing budget per row, seconds of measured calls.")
+@click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=float,
+              help="A first call slower than this many seconds gives a timeout row.")
+@click.option("--no-flops", is_flag=True, help="Skip the fvcore and FlopCounterMode counts.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_dim, mode, workload,
+              seed, param_items, out, min_run_time, timeout_s, no_flops, quiet) -> None:
+    """Measure every method over token counts and budgets into OUT/rows.jsonl."""
+    from attnbench.measure.timing import TimingConfig
+    from attnbench.sweep import run_sweep
+
+    device = check_device(device or best_device())
+    dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
+    if dtype not in DTYPES:
+        raise BadInput(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
+    if mode not in MODES:
+        raise BadInput(f"unknown mode {mode!r}; use fwd or fwdbwd")
+    for name, value in (("--batch", batch), ("--heads", heads), ("--head-dim", head_dim)):
+        if value <= 0:
+            raise BadInput(f"{name} must be positive, got {value}")
+    try:
+        ns, ms = parse_n_spec(n_spec or DEFAULT_N[device]), parse_m_spec(m_spec)
+        params = parse_params(param_items)
+    except SpecError as exc:
+        raise BadInput(str(exc)) from None
+    methods = resolve_methods(methods_spec, device)
+    cfg = SweepConfig(
+        ns=tuple(ns), ms=tuple(ms), methods=methods, device=device, dtype=dtype, batch=batch,
+        heads=heads, head_dim=head_dim, mode=mode, workload=workload, seed=seed,
+        out=Path(out or f"results/sweep-{device}"), params=params,
+        timing=TimingConfig(cpu_min_run_time_s=min_run_time, timeout_s=timeout_s),
+        count_flops=not no_flops,
+    )
+    if any(registry.get_info(mm).budget for mm in methods) and not ms:
+        raise BadInput("--m is empty but budgeted methods were chosen; give --m like 10,30,100")
+    summary = run_sweep(cfg, argv=["bench.py"] + sys.argv[1:], progress=not quiet)
+    for line in summary.unsupported:
+        click.echo(f"skipped: {line}", err=True)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"
+    click.echo(f"{summary.written} rows written to {summary.out / 'rows.jsonl'} ({counts}); "
+               f"{summary.skipped_existing} already measured")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; bad input becomes one stderr line and exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="bench.py", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message().splitlines()[0]}", err=True)
+        return 2
+    except (SpecError, WorkloadError, RowsFileError, registry.PluginError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("interrupted; rows measured so far are kept", err=True)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

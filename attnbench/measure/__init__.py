@@ -1,0 +1,1 @@
+"""Measurements, one concern a module: timing, memory, flops, error, env."""

@@ -1,0 +1,108 @@
+"""Base class shared by every attention method, and the float64 exact reference."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+
+def near_square_grid(n: int) -> tuple[int, int]:
+    """(H, W) with H * W == n and H <= W as close to sqrt(n) as the divisors allow."""
+    if n <= 0:
+        raise ValueError(f"token count must be positive, got {n}")
+    h = int(math.isqrt(n))
+    while n % h:
+        h -= 1
+    return h, n // h
+
+
+def resolve_grid(n: int, grid: tuple[int, int] | None) -> tuple[int, int]:
+    """The token grid to use: ``grid`` if given (checked), else a near-square factorisation."""
+    if grid is None:
+        return near_square_grid(n)
+    h, w = int(grid[0]), int(grid[1])
+    if h <= 0 or w <= 0:
+        raise ValueError(f"grid sides must be positive, got {grid}")
+    return h, w
+
+
+class AttentionMethod(torch.nn.Module):
+    """Common plumbing: capability checks, the timed closure and the analytic MAC count.
+
+    Subclasses implement ``forward(q, k, v, grid=None)`` on (B, heads, N, head_dim) tensors
+    and ``macs(batch, n, grid=None)``: the forward pass's multiply-adds counted the fvcore
+    way (matrix products only; softmax and elementwise work count zero).
+    """
+
+    info: Any = None          # set by @register
+    method_name: str = "?"
+
+    def __init__(self, heads: int, head_dim: int) -> None:
+        super().__init__()
+        if heads <= 0 or head_dim <= 0:
+            raise ValueError(f"heads and head_dim must be positive, got {heads}, {head_dim}")
+        self.heads = int(heads)
+        self.head_dim = int(head_dim)
+        self.scale = 1.0 / math.sqrt(head_dim)
+
+    # -- capabilities ---------------------------------------------------------------
+    def budget_value(self) -> int | None:
+        """The value of the budget parameter (anchors, landmarks, ...), if the method has one."""
+        budget = self.info.budget if self.info is not None else None
+        return None if budget is None else int(getattr(self, budget))
+
+    def unsupported_reason(self, device: str, dtype: str | torch.dtype, n: int,
+                           head_dim: int) -> str | None:
+        """None when this instance can run the shape, else one sentence saying why not."""
+        info = self.info
+        dtype_name = str(dtype).replace("torch.", "")
+        reason = info.availability(device) if info is not None else None
+        if reason:
+            return reason
+        if info is not None and dtype_name not in info.dtypes:
+            return f"{info.name} supports dtypes {', '.join(info.dtypes)}, not {dtype_name}."
+        if info is not None and not (info.head_dims[0] <= head_dim <= info.head_dims[1]):
+            lo, hi = info.head_dims
+            return f"{info.name} supports head_dim {lo}..{hi}, not {head_dim}."
+        if head_dim != self.head_dim:
+            return f"module was built for head_dim {self.head_dim}, inputs have {head_dim}."
+        m = self.budget_value()
+        if m is not None and m > n:
+            return f"budget {info.budget}={m} exceeds the token count n={n}."
+        return self.extra_unsupported_reason(device, dtype_name, n, head_dim)
+
+    def extra_unsupported_reason(self, device: str, dtype: str, n: int, head_dim: int) -> str | None:
+        """Hook for method-specific limits; None means supported."""
+        return None
+
+    # -- measurement hooks ----------------------------------------------------------
+    def bench_fn(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 grid: tuple[int, int] | None = None) -> Callable[[], torch.Tensor]:
+        """A zero-argument closure running the forward; layout changes belong outside it."""
+        return lambda: self(q, k, v, grid=grid)
+
+    def backend_info(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     grid: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Which implementation actually ran (e.g. the SDPA backend); stored in the row."""
+        return {}
+
+    def macs(self, batch: int, n: int, grid: tuple[int, int] | None = None) -> int:
+        raise NotImplementedError
+
+    def workspace_bytes(self, batch: int, n: int, dtype_bytes: int) -> int | None:
+        """A rough upper bound of the forward's scratch memory, used only to avoid launching a
+        run that cannot fit in host memory (never reported as a measurement)."""
+        return None
+
+
+def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    block: int = 1024) -> torch.Tensor:
+    """softmax(q kᵀ/√d) v in float64, computed in query blocks (no full N×N at large N)."""
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=torch.float64, device=q.device)
+    for s in range(0, q.shape[-2], block):
+        logits = (q64[..., s:s + block, :] @ k64.transpose(-1, -2)) * scale  # (B, H, b, N)
+        out[..., s:s + block, :] = torch.softmax(logits, dim=-1) @ v64
+    return out

@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+
+def rand_qkv(batch, heads, n, head_dim, seed=0, dtype=torch.float32, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, heads, n, head_dim)
+    return tuple((torch.randn(shape, generator=gen) * (scale if i == 0 else 1.0)).to(dtype) for i in range(3))
+
+
+@pytest.fixture
+def qkv_factory():
+    return rand_qkv
+
+
+@pytest.fixture
+def scratch_registry():
+    """Restore the method registry after a test that registers or replaces methods."""
+    from attnbench import registry
+
+    registry._load_builtins()
+    saved = dict(registry._REGISTRY)
+    yield registry
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
