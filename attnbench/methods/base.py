@@ -90,6 +90,19 @@ class AttentionMethod(torch.nn.Module):
     def macs(self, batch: int, n: int, grid: tuple[int, int] | None = None) -> int:
         raise NotImplementedError
 
+    def attention_matrix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         grid: tuple[int, int] | None = None) -> torch.Tensor | None:
+        """The implied (B, H, N, N) token-token matrix P with out = P v, where the method has one
+        and it can be formed (small N only); None otherwise. Used for attention-map metrics."""
+        return None
+
+    def fit_closed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   grid: tuple[int, int] | None = None, iters: int = 20) -> dict[str, Any] | None:
+        """Set the method's tokens (anchors, landmarks, agents) in closed form from fitting data
+        shaped (B, H, N, d). Returns a dict describing the fit, or None when the method has no
+        closed form (the caller then falls back to the parameters as initialised)."""
+        return None
+
     def workspace_bytes(self, batch: int, n: int, dtype_bytes: int) -> int | None:
         """A rough upper bound of the forward's scratch memory, used only to avoid launching a
         run that cannot fit in host memory (never reported as a measurement)."""
