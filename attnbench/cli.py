@@ -129,14 +129,17 @@ def env_cmd(device: str | None) -> None:
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=float,
               help="A first call slower than this many seconds gives a timeout row.")
 @click.option("--no-flops", is_flag=True, help="Skip the fvcore and FlopCounterMode counts.")
+@click.option("--cuda-graphs", is_flag=True, help="Time replays of the call captured in a CUDA graph.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_dim, mode, workload,
-              seed, param_items, out, min_run_time, timeout_s, no_flops, quiet) -> None:
+              seed, param_items, out, min_run_time, timeout_s, no_flops, cuda_graphs, quiet) -> None:
     """Measure every method over token counts and budgets into OUT/rows.jsonl."""
     from attnbench.measure.timing import TimingConfig
     from attnbench.sweep import run_sweep
 
     device = check_device(device or best_device())
+    if cuda_graphs and device != "cuda":
+        raise BadInput("--cuda-graphs needs --device cuda")
     dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
     if dtype not in DTYPES:
         raise BadInput(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
@@ -155,7 +158,7 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
         ns=tuple(ns), ms=tuple(ms), methods=methods, device=device, dtype=dtype, batch=batch,
         heads=heads, head_dim=head_dim, mode=mode, workload=workload, seed=seed,
         out=Path(out or f"results/sweep-{device}"), params=params,
-        timing=TimingConfig(cpu_min_run_time_s=min_run_time, timeout_s=timeout_s),
+        timing=TimingConfig(cpu_min_run_time_s=min_run_time, timeout_s=timeout_s, cuda_graphs=cuda_graphs),
         count_flops=not no_flops,
     )
     if any(registry.get_info(mm).budget for mm in methods) and not ms:
