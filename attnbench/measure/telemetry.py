@@ -32,6 +32,8 @@ THROTTLE_BITS: tuple[tuple[int, str], ...] = (
     (0x040, "hw_thermal_slowdown"),
     (0x080, "hw_power_brake_slowdown"),
     (0x100, "display_clock_setting"),
+    (0x200, "board_limit"),
+    (0x400, "reliability"),
 )
 ENERGY_COUNTER_WRAP = 2**64  # the counter is an unsigned 64-bit count of millijoules
 
