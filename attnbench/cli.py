@@ -171,6 +171,38 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
                f"{summary.skipped_existing} already measured")
 
 
+@cli.command("profile")
+@plugin_option
+@click.option("--method", required=True, help="Registered method name.")
+@click.option("--n", type=int, required=True, help="Token count.")
+@click.option("--m", type=int, default=None, help="Budget (anchors, landmarks...); default: the method's.")
+@click.option("--device", default=None, help="cpu or cuda (default: best present).")
+@click.option("--dtype", default=None, help="float32|float16|bfloat16 (default float32 on CPU, bfloat16 on CUDA).")
+@click.option("--mode", default="fwd", show_default=True, help="fwd or fwdbwd.")
+@click.option("--batch", default=1, show_default=True, type=int)
+@click.option("--heads", default=6, show_default=True, type=int)
+@click.option("--head-dim", default=64, show_default=True, type=int)
+@click.option("--active", default=5, show_default=True, type=int, help="Profiled calls.")
+@click.option("--top", default=15, show_default=True, type=int, help="Lines in the table.")
+@click.option("--out", default=None, help="Output folder (default results/profile-METHOD-nN-DEVICE).")
+def profile_cmd(method, n, m, device, dtype, mode, batch, heads, head_dim, active, top, out) -> None:
+    """torch.profiler trace (trace.json) and top kernels/operators table of one configuration."""
+    from attnbench.profiling import ProfileConfig, ProfileError, markdown, run_profile
+
+    device = check_device(device or best_device())
+    cfg = ProfileConfig(method=method, n=n, m=m, device=device, dtype=dtype or ("bfloat16" if device == "cuda" else "float32"),
+                        mode=mode, batch=batch, heads=heads, head_dim=head_dim, active=active, top=top,
+                        out=Path(out or f"results/profile-{method}-n{n}-{device}"))
+    try:
+        summary = run_profile(cfg)
+    except (ProfileError, WorkloadError) as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(f"{method} n={n} {summary['config']['dtype']} {mode} on {summary['device_name']}: "
+               f"top {summary['level']} over {active} calls, times per call")
+    click.echo(markdown(summary["table"]))
+    click.echo(f"trace: {cfg.out / 'trace.json'} (open in https://ui.perfetto.dev); table: {cfg.out / 'top_ops.csv'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input becomes one stderr line and exit status 2."""
     try:
