@@ -181,3 +181,32 @@ def test_energy_table_from_rows():
     assert table[1]["throttle"] == "sw_power_cap" and table[0]["throttle"] is None
     md = energy_markdown(table).splitlines()
     assert len(md) == 2 + 3 and "| 0.001 |" in md[3] and md[2].count("|") == md[0].count("|")
+
+
+class _RecordedLoop(_Recorded):
+    """Energy counter readings recorded around a timed loop and its flush-only loop (mJ)."""
+
+    def __init__(self, readings):
+        self.readings = iter(readings)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        return next(self.readings)
+
+
+def test_loop_telemetry_fields_from_recorded_readings():
+    tele = tm.LoopTelemetry(0)
+    tele.dev = tm.NvmlDevice(_RecordedLoop([1000, 9000, 9100, 9600]), handle=None, tick_s=0.1, tick_measured=True)
+    assert tele.lengthen(50, 0.25) == 4000  # 10 refreshes of 0.1 s = 1 s of 0.25 ms iterations
+    tele.begin()
+    tele.end()
+    tele.loop_s = 1.25  # the recorded loop's duration
+    tele.flush_baseline(lambda: None, 1000, lambda: None)
+    f = tele.fields(1000)
+    assert set(f) == set(tm.TELEMETRY_KEYS)
+    assert f["energy_j_per_call"] == pytest.approx(7.5e-3)   # (8000 - 500) mJ / 1000
+    assert f["energy_loop_j"] == pytest.approx(8.0) and f["energy_flush_j"] == pytest.approx(0.5)
+    assert f["gpu_power_avg_w"] == pytest.approx(6.4)        # 8 J / 1.25 s
+    assert f["energy_resolution_rel"] == pytest.approx(0.08)  # 0.1 s / 1.25 s
+    assert f["gpu_power_w_before"] == 68.543 and f["gpu_power_limit_w"] == 700.0
+    assert f["gpu_throttle_after"] == ["gpu_idle"] and f["gpu_temp_c_after"] is None
+    assert f["telemetry_reason"] == "temperature: Not Supported"  # once, though read twice

@@ -13,6 +13,11 @@ minimum, ``min_ticks`` counter updates); ``energy_resolution_rel`` = tick / wind
 relative error a stale reading at either end can cause. The timed loop flushes the L2 cache
 before every call, so a flush-only loop of the same length is measured right after and its
 energy subtracted: ``energy_j_per_call`` = (loop energy - flush energy) / iterations.
+
+The counter comes from the board's power sensor; on A100/H100 it samples only part of each
+refresh period (Yang et al., "Part-time Power Measurements: nvidia-smi's Lack of Attention",
+arXiv:2312.02741), which is harmless for a steady loop of identical calls many refresh periods
+long, as here, but makes single-call or bursty readings unreliable.
 """
 from __future__ import annotations
 
@@ -203,7 +208,7 @@ class NvmlDevice:
         return self.query(lambda: int(self.nv.nvmlDeviceGetTotalEnergyConsumption(self.handle)),
                           errors, "energy counter")
 
-    def counter_tick(self, max_wait_s: float = 0.5) -> float | None:
+    def counter_tick(self, max_wait_s: float = 2.0) -> float | None:
         """Seconds between two refreshes of the energy counter (measured once, then cached)."""
         if not self.tick_measured:
             self.tick_measured = True
@@ -307,8 +312,11 @@ class LoopTelemetry:
         tick = self.dev.tick_s
         if loop is not None and tick is None:
             self.errors.append("energy counter refresh interval not measurable")
+        per_call = energy_per_call_j(self.loop_mj, self.flush_mj, iters)
+        if loop is not None and flush is not None and per_call is None:
+            self.errors.append("energy: the flush-only loop read more than the timed loop (counter too coarse)")
         return {
-            "energy_j_per_call": energy_per_call_j(self.loop_mj, self.flush_mj, iters),
+            "energy_j_per_call": per_call,
             "energy_loop_j": None if loop is None else loop / 1000.0,
             "energy_flush_j": None if flush is None else flush / 1000.0,
             "energy_iters": iters if loop is not None else None,
