@@ -187,7 +187,7 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
 @click.option("--out", default=None, help="Output folder (default results/profile-METHOD-nN-DEVICE).")
 def profile_cmd(method, n, m, device, dtype, mode, batch, heads, head_dim, active, top, out) -> None:
     """torch.profiler trace (trace.json) and top kernels/operators table of one configuration."""
-    from attnbench.profiling import ProfileConfig, ProfileError, markdown, run_profile
+    from attnbench.profiling import ProfileConfig, ProfileError, markdown, run_profile, timing_line
 
     device = check_device(device or best_device())
     cfg = ProfileConfig(method=method, n=n, m=m, device=device, dtype=dtype or ("bfloat16" if device == "cuda" else "float32"),
@@ -200,6 +200,8 @@ def profile_cmd(method, n, m, device, dtype, mode, batch, heads, head_dim, activ
     click.echo(f"{method} n={n} {summary['config']['dtype']} {mode} on {summary['device_name']}: "
                f"top {summary['level']} over {active} calls, times per call")
     click.echo(markdown(summary["table"]))
+    if timing_line(summary["timing"]):
+        click.echo(timing_line(summary["timing"]))
     click.echo(f"trace: {cfg.out / 'trace.json'} (open in https://ui.perfetto.dev); table: {cfg.out / 'top_ops.csv'}")
 
 

@@ -3,15 +3,16 @@
 Writes, in the output folder:
   trace.json      Chrome trace (open in https://ui.perfetto.dev or chrome://tracing)
   top_ops.csv/md  the top kernels (CUDA) or operators (CPU) by self time over the profiled calls
-  summary.json    the configuration, device, totals and the table
+  summary.json    the configuration, device, totals, the table, and on CUDA the latency and
+                  energy per call timed as `sweep` does (outside the profiler)
 
 Calls are run as in ``sweep`` (the same zero-argument closure, no-grad forward or forward plus
 backward): ``warmup`` unprofiled calls, then a profiler schedule of 1 warm-up step and
 ``active`` recorded steps, one call per step. Times in the table are per call (recorded time /
 ``active``). On CUDA each kernel's self time is its duration on the device; the ``(whole call)``
-line gives the device time per call (``calls`` is per call too) and the achieved bandwidth over the bytes known to move
+line gives the device time per call and the achieved bandwidth over the bytes known to move
 (q, k, v read once and the output written once: a lower bound on the traffic). Per-kernel byte
-counts are not known, so their bandwidth column stays empty.
+counts are not known, so their bandwidth column stays empty. ``calls`` is per call too.
 """
 from __future__ import annotations
 
@@ -206,9 +207,31 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
     write_table(table, cfg.out)
     summary = {"config": {**asdict(cfg), "out": str(cfg.out)}, "device_name": device_name(cfg.device),
                "level": "kernels" if cfg.device == "cuda" else "operators", "profiled_calls": cfg.active,
-               "impl": module.backend_info(wl.q, wl.k, wl.v, wl.grid), "table": table}
+               "impl": module.backend_info(wl.q, wl.k, wl.v, wl.grid), "table": table,
+               "timing": cuda_timing(call) if cfg.device == "cuda" else None}
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def cuda_timing(call) -> dict[str, Any]:
+    """Latency and NVML telemetry/energy of the call, measured as ``sweep`` does (outside the
+    profiler, L2 flushed before every call)."""
+    from attnbench.measure.timing import time_fn
+
+    return time_fn(call, "cuda")
+
+
+def timing_line(timing: dict[str, Any] | None) -> str | None:
+    """One line: median latency and energy per call, or why energy is missing."""
+    if not timing:
+        return None
+    energy, power = timing.get("energy_j_per_call"), timing.get("gpu_power_avg_w")
+    parts = [f"timed outside the profiler: median {timing['latency_ms']:.4g} ms"]
+    parts.append(f"{energy:.4g} J per call" if energy is not None
+                 else f"energy unavailable ({timing.get('telemetry_reason')})")
+    if power is not None:
+        parts.append(f"average power {power:.4g} W")
+    return ", ".join(parts)
 
 
 def write_table(table: list[dict[str, Any]], out: Path) -> None:

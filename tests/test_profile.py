@@ -79,3 +79,13 @@ def test_whole_call_bandwidth_on_known_bytes():
     line = whole_call_line([OpRecord("flash_fwd_kernel", 10, 1000.0)], calls=10, bytes_moved=nbytes)
     assert line["self_ms_per_call"] == pytest.approx(0.1)
     assert line["gbps"] == pytest.approx(503.31648)  # 50_331_648 B / 100 µs
+
+
+def test_timing_line_from_recorded_row_fields():
+    from attnbench.profiling import timing_line
+
+    assert timing_line(None) is None
+    line = timing_line({"latency_ms": 1.23456, "energy_j_per_call": 0.0075, "gpu_power_avg_w": 412.3})
+    assert line == "timed outside the profiler: median 1.235 ms, 0.0075 J per call, average power 412.3 W"
+    missing = timing_line({"latency_ms": 2.0, "energy_j_per_call": None, "telemetry_reason": "energy counter: Not Supported"})
+    assert missing.endswith("energy unavailable (energy counter: Not Supported)")
