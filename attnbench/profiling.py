@@ -200,13 +200,15 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
     module, call, wl = build(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     averages = record(call, cfg.device, cfg.warmup, cfg.active, cfg.out / "trace.json")
-    records = op_records(averages, cfg.device)
+    records, level = op_records(averages, cfg.device), "kernels" if cfg.device == "cuda" else "operators"
+    if not any(r.self_us > 0 for r in records):  # e.g. no CUPTI: no kernel activity recorded
+        records, level = op_records(averages, "cpu"), "operators (no device activity recorded)"
     table = top_table(records, cfg.active, cfg.top)
     nbytes = min_bytes(cfg.batch, cfg.heads, cfg.n, cfg.head_dim, wl.q.element_size(), cfg.mode)
     table.append(whole_call_line(records, cfg.active, nbytes if cfg.device == "cuda" else None))
     write_table(table, cfg.out)
     summary = {"config": {**asdict(cfg), "out": str(cfg.out)}, "device_name": device_name(cfg.device),
-               "level": "kernels" if cfg.device == "cuda" else "operators", "profiled_calls": cfg.active,
+               "level": level, "profiled_calls": cfg.active,
                "impl": module.backend_info(wl.q, wl.k, wl.v, wl.grid), "table": table,
                "timing": cuda_timing(call) if cfg.device == "cuda" else None}
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
