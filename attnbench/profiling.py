@@ -205,7 +205,7 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
         records, level = op_records(averages, "cpu"), "operators (no device activity recorded)"
     table = top_table(records, cfg.active, cfg.top)
     nbytes = min_bytes(cfg.batch, cfg.heads, cfg.n, cfg.head_dim, wl.q.element_size(), cfg.mode)
-    table.append(whole_call_line(records, cfg.active, nbytes if cfg.device == "cuda" else None))
+    table.append(whole_call_line(records, cfg.active, nbytes if level == "kernels" else None))
     write_table(table, cfg.out)
     summary = {"config": {**asdict(cfg), "out": str(cfg.out)}, "device_name": device_name(cfg.device),
                "level": level, "profiled_calls": cfg.active,
