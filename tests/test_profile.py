@@ -89,3 +89,13 @@ def test_timing_line_from_recorded_row_fields():
     assert line == "timed outside the profiler: median 1.235 ms, 0.0075 J per call, average power 412.3 W"
     missing = timing_line({"latency_ms": 2.0, "energy_j_per_call": None, "telemetry_reason": "energy counter: Not Supported"})
     assert missing.endswith("energy unavailable (energy counter: Not Supported)")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_profile_on_cuda_lists_kernels_and_bandwidth(tmp_path, capsys):
+    out = tmp_path / "prof"
+    code = main(["profile", "--method", "vanilla-sdpa", "--n", "1000", "--device", "cuda", "--out", str(out)] + TINY)
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["level"] == "kernels" and summary["table"][-1]["gbps"] > 0
+    assert summary["timing"]["timing"]["mode"] == "eager"

@@ -210,3 +210,41 @@ def test_loop_telemetry_fields_from_recorded_readings():
     assert f["gpu_power_w_before"] == 68.543 and f["gpu_power_limit_w"] == 700.0
     assert f["gpu_throttle_after"] == ["gpu_idle"] and f["gpu_temp_c_after"] is None
     assert f["telemetry_reason"] == "temperature: Not Supported"  # once, though read twice
+
+
+# -- on a CUDA machine (skipped elsewhere) ---------------------------------------------------
+cuda_only = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda_only
+def test_cuda_rows_carry_telemetry_in_both_timing_modes():
+    import dataclasses
+
+    import torch
+
+    x = torch.randn(512, 512, device="cuda")
+    cfg = TimingConfig(cuda_warmup_ms=2, cuda_rep_ms=5, energy=tm.EnergyBudget(min_window_ms=50, min_ticks=2))
+    eager = time_fn(lambda: x @ x, "cuda", cfg)
+    graph = time_fn(lambda: x @ x, "cuda", dataclasses.replace(cfg, cuda_graphs=True))
+    assert eager["timing"]["mode"] == "eager" and graph["timing"]["mode"] == "cuda_graph"
+    for row in (eager, graph):
+        assert set(tm.TELEMETRY_KEYS) <= set(row) and row["latency_ms"] > 0
+        if _nvml_works():
+            assert row["gpu_sm_clock_mhz_after"] > 0 and row["energy_loop_j"] > 0
+            assert row["energy_window_s"] >= 0.05 * 0.9
+        else:
+            assert row["telemetry_reason"]
+
+
+@cuda_only
+def test_cuda_graph_replay_recomputes_from_current_inputs():
+    import torch
+
+    from attnbench.measure.timing import capture_cuda_graph
+
+    x = torch.randn(64, 64, device="cuda")
+    graph, out = capture_cuda_graph(lambda: x @ x)
+    x.copy_(torch.randn(64, 64, device="cuda"))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, x @ x)
