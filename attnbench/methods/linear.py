@@ -2,6 +2,8 @@
 
 φ(x) = elu(x) + 1 and out_i = φ(q_i)ᵀ (Σ_j φ(k_j) v_jᵀ) / (φ(q_i)ᵀ Σ_j φ(k_j) + eps), computed
 right-to-left in O(N·d²). No 1/√d scaling: the feature map is applied to q and k as given.
+Numerator and denominator are both divided by N (φ(k)/N and eps/N), which leaves the result
+unchanged and keeps the key sums within float16 range at large N.
 
 MACs: Σ_j φ(k_j) v_jᵀ (N·d²), φ(q) times it (N·d²) and the normaliser φ(q)·Σφ(k) (N·d),
 per batch and head. The key sum is a reduction and counts zero.
@@ -32,10 +34,11 @@ class LinearAttention(AttentionMethod):
         self.eps = float(eps)
 
     def forward(self, q, k, v, grid=None):
-        fq, fk = elu_feature(q), elu_feature(k)                   # (B, H, N, d)
+        n = k.shape[-2]
+        fq, fk = elu_feature(q), elu_feature(k) / n               # (B, H, N, d)
         kv = fk.transpose(-1, -2) @ v                              # (B, H, d, d)
         z = fk.sum(dim=-2).unsqueeze(-1)                           # (B, H, d, 1)
-        return (fq @ kv) / (fq @ z + self.eps)                     # (B, H, N, d)
+        return (fq @ kv) / (fq @ z + self.eps / n)                 # (B, H, N, d)
 
     def macs(self, batch, n, grid=None):
         d = self.head_dim
