@@ -285,9 +285,9 @@ def test_castling_kernel_is_the_linear_part_of_the_angular_kernel():
 
 # ---------------------------------------------------------------- performer
 def _performer_error(features, seed, n, d):
-    q, k, v = _qkv(1, 4, n, d, seed=100 + seed, q_scale=0.5)
+    q, k, v = _qkv(1, 2, n, d, seed=100 + seed, q_scale=0.5)
     k = k * 0.5
-    mod = _create("performer", 4, d, features=features, seed=seed)
+    mod = _create("performer", 2, d, features=features, seed=seed)
     ref = exact_attention(q, k, v)
     return float((mod(q, k, v) - ref).norm() / ref.norm())
 
@@ -322,3 +322,15 @@ def test_performer_blocks_are_orthogonal():
     for block in (w[:8], w[8:16], w[16:]):
         gram = block @ block.T
         torch.testing.assert_close(gram, torch.diag(torch.diagonal(gram)), rtol=0, atol=1e-5)
+
+
+def test_performer_directions_are_uniform():
+    # Each block should be a uniformly random rotation: at every row position, the unit rows
+    # average to 0 over blocks (each component has variance 1/d, so the mean of b blocks has
+    # std (d b)^-1/2; allow 5 std). A QR without the sign fix has a fixed-sign component.
+    from attnbench.methods.performer import orthogonal_gaussian
+
+    d, blocks = 16, 512
+    w = orthogonal_gaussian(d * blocks, d, seed=3)
+    unit = (w / w.norm(dim=-1, keepdim=True)).reshape(blocks, d, d)  # (blocks, row, component)
+    assert unit.mean(dim=0).abs().max() < 5 / math.sqrt(d * blocks)
