@@ -106,6 +106,7 @@ def window_token_ids(g: WindowGeometry) -> torch.Tensor:
 
 
 def to_windows_ids(ids: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
+    """(hp, wp) per-position values -> (n_windows, T), shifted and split as the tokens are."""
     if g.sh or g.sw:
         ids = torch.roll(ids, shifts=(-g.sh, -g.sw), dims=(0, 1))
     return split_windows(ids.unsqueeze(-1), g).squeeze(-1)
