@@ -32,10 +32,11 @@ def segment_means(x: torch.Tensor, m: int) -> torch.Tensor:
     """(B, H, N, d) -> (B, H, m, d): means of m contiguous segments, the first N mod m one longer."""
     n = int(x.shape[-2])  # a traced shape arrives as a tensor
     s, r = divmod(n, m)
-    long_part = x[..., : r * (s + 1), :].unflatten(-2, (r, s + 1)).mean(-2)       # (B, H, r, d)
+    lead, d = x.shape[:-2], x.shape[-1]
+    long_part = x[..., : r * (s + 1), :].reshape(*lead, r, s + 1, d).mean(-2)    # (B, H, r, d)
     if s == 0:
         return long_part
-    short_part = x[..., r * (s + 1):, :].unflatten(-2, (m - r, s)).mean(-2)     # (B, H, m-r, d)
+    short_part = x[..., r * (s + 1):, :].reshape(*lead, m - r, s, d).mean(-2)    # (B, H, m-r, d)
     return torch.cat([long_part, short_part], dim=-2)
 
 

@@ -12,6 +12,8 @@ Two registered implementations sharing the predictor and its top-k indices:
 ``sparsifiner-dense`` masks the full N×N logits (what the authors run; no speed gain), and
 ``sparsifiner`` gathers the kept keys and values and computes only N·keep·N logits. Both walk
 the queries in the same blocks, so they select identical keys. keep = 1 is exact attention.
+The gathered form copies keep·N·d key and value numbers per query (the dense form writes N
+logits), so without a fused kernel it trades arithmetic for memory traffic.
 
 P_n and P_back are (N, N_r) matrices, so they exist per token count: they are created on the
 first call with a new N (trunc-normal, std 0.02, seed derived from ``seed`` and N) and kept as
@@ -29,13 +31,14 @@ import torch
 from attnbench.methods.base import AttentionMethod
 from attnbench.registry import register
 
-BLOCK_ELEMENTS = 1 << 22  # per query block: B·H·b·max(N, kept·d) elements at most
+BLOCK_ELEMENTS = 1 << 21  # per query block: B·H·b·max(N, kept·d) elements, unless b would drop below
+MIN_BLOCK = 8             # this many queries (bounds the Python loop at large N)
 
 
 def query_blocks(batch: int, heads: int, n: int, kept: int, head_dim: int) -> list[tuple[int, int]]:
-    """[(start, end)] query blocks bounding the predictor scores and the gathered keys."""
+    """[(start, end)] query blocks bounding the predictor scores and the gathered keys/values."""
     width = batch * heads * max(n, kept * head_dim)
-    size = max(1, min(n, BLOCK_ELEMENTS // max(width, 1)))
+    size = min(n, max(MIN_BLOCK, BLOCK_ELEMENTS // max(width, 1)))
     return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
