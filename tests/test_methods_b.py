@@ -281,8 +281,9 @@ def test_sparsifiner_forms_agree_in_float32(n, d, qkv_factory, monkeypatch):
     tol = 4 * float32_error_scale(q, k, v) + 1e-7
     assert rel_err(gathered(q, k, v), dense(q, k, v)) <= tol
     one_block = gathered(q, k, v)
-    monkeypatch.setattr(sparsifiner, "BLOCK_ELEMENTS", 3 * 10 * max(n, math.ceil(0.25 * n) * d))  # blocks of 10
-    assert len(sparsifiner.query_blocks(1, 3, n, math.ceil(0.25 * n), d)) > 3
+    monkeypatch.setattr(sparsifiner, "SCORE_BLOCK_ELEMENTS", 3 * n * 10)   # predictor blocks of 10 queries
+    monkeypatch.setattr(sparsifiner, "GATHER_BLOCK_ELEMENTS", 3 * math.ceil(0.25 * n) * d * 3)  # then of 3
+    assert len(sparsifiner.query_blocks(n, 3 * n, sparsifiner.SCORE_BLOCK_ELEMENTS)) > 3
     assert rel_err(gathered(q, k, v), one_block) <= tol
     assert rel_err(dense(q, k, v), one_block) <= tol
 

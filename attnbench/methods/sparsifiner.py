@@ -11,7 +11,7 @@ q kᵀ/√d over those keys only.
 Two registered implementations sharing the predictor and its top-k indices:
 ``sparsifiner-dense`` masks the full N×N logits (what the authors run; no speed gain), and
 ``sparsifiner`` gathers the kept keys and values and computes only N·keep·N logits. Both walk
-the queries in the same blocks, so they select identical keys. keep = 1 is exact attention.
+the queries in the same predictor blocks, so they select identical keys. keep = 1 is exact attention.
 The gathered form copies keep·N·d key and value numbers per query (the dense form writes N
 logits), so without a fused kernel it trades arithmetic for memory traffic.
 
@@ -31,14 +31,13 @@ import torch
 from attnbench.methods.base import AttentionMethod
 from attnbench.registry import register
 
-BLOCK_ELEMENTS = 1 << 21  # per query block: B·H·b·max(N, kept·d) elements, unless b would drop below
-MIN_BLOCK = 8             # this many queries (bounds the Python loop at large N)
+SCORE_BLOCK_ELEMENTS = 1 << 22   # predictor: B·H·b·N predicted scores per query block
+GATHER_BLOCK_ELEMENTS = 1 << 21  # gathered form: B·H·b·kept·d gathered keys (and values) per block
 
 
-def query_blocks(batch: int, heads: int, n: int, kept: int, head_dim: int) -> list[tuple[int, int]]:
-    """[(start, end)] query blocks bounding the predictor scores and the gathered keys/values."""
-    width = batch * heads * max(n, kept * head_dim)
-    size = min(n, max(MIN_BLOCK, BLOCK_ELEMENTS // max(width, 1)))
+def query_blocks(n: int, per_query: int, budget: int) -> list[tuple[int, int]]:
+    """[(start, end)] blocks of queries, each holding at most ``budget`` elements (at least 1 query)."""
+    size = min(n, max(1, budget // max(per_query, 1)))
     return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
@@ -104,7 +103,7 @@ class _SparsifinerBase(AttentionMethod):
         """Yields (start, end, indices (B, H, b, kept)) over the query blocks."""
         n, kept = q.shape[-2], self.kept(q.shape[-2])
         q_c, k_r, basis = self.predictor_state(q, k)
-        for s, e in query_blocks(q.shape[0], self.heads, n, kept, self.head_dim):
+        for s, e in query_blocks(n, q.shape[0] * self.heads * n, SCORE_BLOCK_ELEMENTS):
             yield s, e, self.block_indices(q_c[..., s:e, :], k_r, basis, kept)
 
     def bench_fn(self, q, k, v, grid=None):
@@ -162,13 +161,16 @@ class Sparsifiner(_SparsifinerBase):
         return p, (p.unsqueeze(-2) @ v_sel).squeeze(-2)
 
     def _run(self, q, k, v, probs: torch.Tensor | None = None) -> torch.Tensor:
-        n, d = q.shape[-2], q.shape[-1]
+        b, h, n, d = q.shape
         k_flat, v_flat = k.reshape(-1, d), v.reshape(-1, v.shape[-1])
-        out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
+        out = torch.empty(b, h, n, v.shape[-1], dtype=q.dtype, device=q.device)
+        per_query = b * h * self.kept(n) * max(d, v.shape[-1])
         for s, e, idx in self.selected(q, k):
-            p, out[..., s:e, :] = self.block_attention(q[..., s:e, :], k_flat, v_flat, idx, n)
-            if probs is not None:
-                probs[..., s:e, :].scatter_(-1, idx, p)
+            for s2, e2 in query_blocks(e - s, per_query, GATHER_BLOCK_ELEMENTS):
+                rows, sub = slice(s + s2, s + e2), idx[..., s2:e2, :]
+                p, out[..., rows, :] = self.block_attention(q[..., rows, :], k_flat, v_flat, sub, n)
+                if probs is not None:
+                    probs[..., rows, :].scatter_(-1, sub, p)
         return out
 
     def forward(self, q, k, v, grid=None):
