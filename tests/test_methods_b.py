@@ -127,6 +127,25 @@ def test_nystrom_fit_closed_uses_kmeans_landmarks():
     assert rel_err(fitted, ref) < 1e-2 < rel_err(plain, ref)
 
 
+def test_kmeans_is_seeded_and_lloyd_lowers_inertia(qkv_factory):
+    from attnbench.methods._cluster import kmeans
+
+    x = qkv_factory(1, 3, 120, 4, seed=5)[0][0]                   # (H, P, d)
+    a, b, c = kmeans(x, 6, 10, seed=0), kmeans(x, 6, 10, seed=0), kmeans(x, 6, 10, seed=1)
+    assert torch.equal(a.centroids, b.centroids) and not torch.equal(a.centroids, c.centroids)
+    init_only = kmeans(x, 6, 0, seed=0)
+    assert bool((a.inertia < init_only.inertia).all())
+    # run to convergence: each centroid is then the mean of the points nearest to it
+    a = kmeans(x, 6, 200, seed=0)
+    assert a.iters < 200
+    assign = torch.cdist(x.double(), a.centroids.double()).argmin(-1)
+    for h in range(3):
+        for j in range(6):
+            if (assign[h] == j).any():
+                torch.testing.assert_close(a.centroids[h, j].double(), x[h][assign[h] == j].double().mean(0),
+                                           rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------- agent
 def _adaptive_pool_loop(q, grid, out_hw):
     """Adaptive average pooling written out: cell (i, j) averages rows ⌊iH/a⌋..⌈(i+1)H/a⌉."""
