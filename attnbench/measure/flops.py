@@ -27,6 +27,7 @@ ZERO_OPS = (
     "aten::ones", "aten::eye", "aten::cumsum", "aten::logsumexp", "aten::log_softmax",
     "aten::adaptive_avg_pool2d", "aten::avg_pool2d", "aten::layer_norm", "aten::relu",
     "aten::gelu", "aten::sigmoid", "aten::tanh", "aten::acos", "aten::maximum", "aten::minimum",
+    "aten::upsample_bilinear2d", "aten::scatter_",
 )
 
 
