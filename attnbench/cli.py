@@ -130,8 +130,13 @@ def env_cmd(device: str | None) -> None:
               help="A first call slower than this many seconds gives a timeout row.")
 @click.option("--no-flops", is_flag=True, help="Skip the fvcore and FlopCounterMode counts.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--fit", default="none", show_default=True,
+              help="Learnable state before measuring: none, closed (fixed point) or distill (Adam), "
+                   "on the workload's fitting split.")
+@click.option("--fit-iters", default=20, show_default=True, type=int, help="closed: fixed-point iterations.")
+@click.option("--fit-steps", default=200, show_default=True, type=int, help="distill: Adam steps.")
 def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_dim, mode, workload,
-              seed, param_items, out, min_run_time, timeout_s, no_flops, quiet) -> None:
+              seed, param_items, out, min_run_time, timeout_s, no_flops, quiet, fit, fit_iters, fit_steps) -> None:
     """Measure every method over token counts and budgets into OUT/rows.jsonl."""
     from attnbench.measure.timing import TimingConfig
     from attnbench.sweep import run_sweep
@@ -142,7 +147,10 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
         raise BadInput(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
     if mode not in MODES:
         raise BadInput(f"unknown mode {mode!r}; use fwd or fwdbwd")
-    for name, value in (("--batch", batch), ("--heads", heads), ("--head-dim", head_dim)):
+    if fit not in ("none", "closed", "distill"):
+        raise BadInput(f"unknown --fit {fit!r}; use none, closed or distill")
+    for name, value in (("--batch", batch), ("--heads", heads), ("--head-dim", head_dim),
+                        ("--fit-iters", fit_iters), ("--fit-steps", fit_steps)):
         if value <= 0:
             raise BadInput(f"{name} must be positive, got {value}")
     try:
@@ -156,11 +164,13 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
         heads=heads, head_dim=head_dim, mode=mode, workload=workload, seed=seed,
         out=Path(out or f"results/sweep-{device}"), params=params,
         timing=TimingConfig(cpu_min_run_time_s=min_run_time, timeout_s=timeout_s),
-        count_flops=not no_flops,
+        count_flops=not no_flops, fit=fit, fit_iters=fit_iters, fit_steps=fit_steps,
     )
     if any(registry.get_info(mm).budget for mm in methods) and not ms:
         raise BadInput("--m is empty but budgeted methods were chosen; give --m like 10,30,100")
     summary = run_sweep(cfg, argv=["bench.py"] + sys.argv[1:], progress=not quiet)
+    for note in summary.notes:
+        click.echo(note, err=True)
     for line in summary.unsupported:
         click.echo(f"skipped: {line}", err=True)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"
