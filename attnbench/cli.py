@@ -135,8 +135,10 @@ def env_cmd(device: str | None) -> None:
                    "on the workload's fitting split.")
 @click.option("--fit-iters", default=20, show_default=True, type=int, help="closed: fixed-point iterations.")
 @click.option("--fit-steps", default=200, show_default=True, type=int, help="distill: Adam steps.")
+@click.option("--fit-lr", default=5e-2, show_default=True, type=float, help="distill: Adam learning rate.")
 def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_dim, mode, workload,
-              seed, param_items, out, min_run_time, timeout_s, no_flops, quiet, fit, fit_iters, fit_steps) -> None:
+              seed, param_items, out, min_run_time, timeout_s, no_flops, quiet, fit, fit_iters, fit_steps,
+              fit_lr) -> None:
     """Measure every method over token counts and budgets into OUT/rows.jsonl."""
     from attnbench.measure.timing import TimingConfig
     from attnbench.sweep import run_sweep
@@ -150,7 +152,7 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
     if fit not in ("none", "closed", "distill"):
         raise BadInput(f"unknown --fit {fit!r}; use none, closed or distill")
     for name, value in (("--batch", batch), ("--heads", heads), ("--head-dim", head_dim),
-                        ("--fit-iters", fit_iters), ("--fit-steps", fit_steps)):
+                        ("--fit-iters", fit_iters), ("--fit-steps", fit_steps), ("--fit-lr", fit_lr)):
         if value <= 0:
             raise BadInput(f"{name} must be positive, got {value}")
     try:
@@ -165,6 +167,7 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
         out=Path(out or f"results/sweep-{device}"), params=params,
         timing=TimingConfig(cpu_min_run_time_s=min_run_time, timeout_s=timeout_s),
         count_flops=not no_flops, fit=fit, fit_iters=fit_iters, fit_steps=fit_steps,
+        fit_lr=fit_lr,
     )
     if any(registry.get_info(mm).budget for mm in methods) and not ms:
         raise BadInput("--m is empty but budgeted methods were chosen; give --m like 10,30,100")

@@ -70,7 +70,7 @@ def anchor_fixed_point(keys: torch.Tensor, m: int, iters: int = 20, scale: float
     """
     x = keys.detach().double()
     scale = 1.0 / math.sqrt(x.shape[-1]) if scale is None else scale
-    u = kmeanspp(x, m, torch.Generator().manual_seed(seed))
+    u = kmeanspp(x.cpu(), m, torch.Generator().manual_seed(seed)).to(x.device)  # CPU generator
     p = anchor_probs(u, x, scale)                                       # (P, m)
     objective = [float((p * sq_dists(x, u)).sum())]
     updates = []
@@ -112,7 +112,7 @@ def adam_update(params: list[torch.Tensor], grads: tuple[torch.Tensor, ...],
 
 def distill(module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             grid: tuple[int, int] | None, exact: torch.Tensor, steps: int = 200,
-            lr: float = 1e-2) -> dict[str, Any] | None:
+            lr: float = 5e-2) -> dict[str, Any] | None:
     """Adam on the module's parameters minimising mean (module(q,k,v) − exact)²; None if it has none.
 
     q, k, v, exact: (B, H, N, d) fitting data and its exact attention output.
@@ -136,7 +136,7 @@ def distill(module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.
 
 
 def fit_module(mode: str, module: torch.nn.Module, fit_data: Any, exact_fit: Any, *, iters: int = 20,
-               steps: int = 200, lr: float = 1e-2) -> dict[str, Any]:
+               steps: int = 200, lr: float = 5e-2) -> dict[str, Any]:
     """Apply fitting ``mode`` to ``module`` in place; row fields fit_info and fit_time_s.
 
     ``fit_data()`` returns the fitting workload and ``exact_fit()`` its exact output (both
@@ -156,6 +156,16 @@ def fit_module(mode: str, module: torch.nn.Module, fit_data: Any, exact_fit: Any
     wl = fit_data()                                  # built (and cached) outside the fit time
     target = exact_fit() if mode == "distill" else None
     start = time.perf_counter()
+    try:
+        info = _apply(mode, module, wl, target, iters, steps, lr)
+    except Exception as exc:  # the row becomes an error row that says fitting failed
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise RuntimeError(f"--fit {mode} failed: {type(exc).__name__}: {first}") from exc
+    return {"fit_info": info, "fit_time_s": time.perf_counter() - start}
+
+
+def _apply(mode: str, module: torch.nn.Module, wl: Any, target: torch.Tensor | None, iters: int,
+           steps: int, lr: float) -> dict[str, Any]:
     if mode == "closed":
         with torch.no_grad():
             info = module.fit_closed(wl.q, wl.k, wl.v, wl.grid, iters=iters)
@@ -163,7 +173,7 @@ def fit_module(mode: str, module: torch.nn.Module, fit_data: Any, exact_fit: Any
             {"applied": "none", "reason": f"{type(module).__name__} has no closed-form fit"}
     else:
         info = distill(module, wl.q.float(), wl.k.float(), wl.v.float(), wl.grid, target, steps=steps, lr=lr)
-    return {"fit_info": info, "fit_time_s": time.perf_counter() - start}
+    return info
 
 
 def _no_fit(reason: str) -> dict[str, Any]:

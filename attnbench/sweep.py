@@ -129,7 +129,7 @@ class SweepConfig:
     fit: str = "none"          # none | closed | distill (attnbench.fit), on the workload's 'fit' split
     fit_iters: int = 20        # closed: fixed-point iterations
     fit_steps: int = 200       # distill: Adam steps
-    fit_lr: float = 1e-2       # distill: Adam learning rate
+    fit_lr: float = 5e-2       # distill: Adam learning rate
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
         too_big = _memory_guard(cfg, module, p.n)
         if too_big:
             return {**row, "status": "oom", "message": too_big}
-        if extra is not None and cfg.fit != "none":
+        if extra is not None:
             row.update(fit_module(cfg.fit, module, extra.fit_data, extra.exact_fit, iters=cfg.fit_iters,
                                   steps=cfg.fit_steps, lr=cfg.fit_lr))
         row["macs_analytic"] = int(module.macs(cfg.batch, p.n, wl.grid))

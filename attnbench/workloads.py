@@ -4,6 +4,14 @@
 logits q·k/√d have standard deviation ``logit_std`` (default 3). At logit_std 1 exact
 attention over thousands of keys is near-uniform and every approximation looks good; the
 row stores the resulting structure (mean row entropy of exact attention / log N).
+
+``image``: patch tokens of photographs bundled with scikit-image, embedded by fixed-seed
+projections (see ``image``); the 'eval' and 'fit' splits show different photographs.
+
+``file:PATH``: the user's own q, k, v from a .safetensors or .pt file; the file defines
+B, heads, N and head_dim (see ``file``).
+
+Every workload has a 'fit' split for fitting learnable state (``make_workload(split=...)``).
 """
 from __future__ import annotations
 
