@@ -18,15 +18,15 @@ from typing import Any, Callable, Iterable
 import torch
 
 from attnbench import registry
+from attnbench.fit import fit_module
+from attnbench.measure.attnmap import attn_map_metrics
 from attnbench.measure.env import collect_env
 from attnbench.measure.error import ExactReference, error_metrics, exact_reference
 from attnbench.measure.flops import fvcore_macs, torch_flops
 from attnbench.measure.memory import peak_memory
 from attnbench.measure.timing import CallTimeout, TimingConfig, time_fn, timing_config_dict
-from attnbench.results import RowsFileError, read_rows
-from attnbench.fit import fit_module
-from attnbench.measure.attnmap import attn_map_metrics
 from attnbench.methods.uniform import uniform_attention
+from attnbench.results import RowsFileError, read_rows
 from attnbench.workloads import Workload, file_dims, make_workload
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

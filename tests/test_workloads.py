@@ -243,3 +243,17 @@ def test_sweep_rows_carry_attention_map_fields(tmp_path):
     for r in rows:
         assert r["status"] == "ok" and r["attn_map_reason"] is None
         assert r["attn_kl_mean"] > 0 and 0 < r["attn_tv_mean"] <= 1
+
+
+def test_attn_map_failure_becomes_a_reason(qkv_factory):
+    q, k, v = qkv_factory(1, 1, 20, 4)
+
+    class Broken(attnbench.methods.base.AttentionMethod):
+        def forward(self, q, k, v, grid=None):
+            return v
+
+        def attention_matrix(self, q, k, v, grid=None):
+            raise RuntimeError("cannot form it\nsecond line")
+
+    m = attn_map_metrics(Broken(1, 4), q, k, v, None)
+    assert m["attn_kl_mean"] is None and m["attn_map_reason"].endswith("RuntimeError: cannot form it")

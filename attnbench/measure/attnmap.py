@@ -34,8 +34,18 @@ def attn_map_metrics(module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, 
                      grid: tuple[int, int] | None, max_n: int = MAX_N, block: int = 256) -> dict[str, Any]:
     """Row fields attn_kl_mean, attn_tv_mean and attn_map_reason (None when both were computed).
 
-    q, k, v: (B, H, N, d). The implied matrix is formed one batch element at a time.
+    q, k, v: (B, H, N, d). The implied matrix is formed one batch element at a time. A failure
+    (e.g. out of memory) leaves both metrics null with the failure as the reason.
     """
+    try:
+        return _attn_map_metrics(module, q, k, v, grid, max_n, block)
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        return {"attn_kl_mean": None, "attn_tv_mean": None,
+                "attn_map_reason": f"attention-map metrics failed: {type(exc).__name__}: {first}"}
+
+
+def _attn_map_metrics(module, q, k, v, grid, max_n, block) -> dict[str, Any]:
     b, h, n, d = q.shape
     empty = {"attn_kl_mean": None, "attn_tv_mean": None}
     if n > max_n:
