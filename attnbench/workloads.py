@@ -83,8 +83,11 @@ def make_workload(spec: str, batch: int, heads: int, n: int, head_dim: int, *, d
     if split not in SPLITS:
         raise WorkloadError(f"split must be eval or fit, got {split!r}")
     fn = _WORKLOADS[name]
+    accepted = inspect.signature(fn).parameters
+    if arg and "path" not in accepted:
+        raise WorkloadError(f"workload {name!r} takes no ':' argument, got {spec!r}")
     kwargs: dict[str, Any] = {"path": arg} if arg else {}
-    if "split" in inspect.signature(fn).parameters:
+    if "split" in accepted:
         kwargs["split"] = split
     elif split == "fit":
         seed = seed + FIT_SEED_OFFSET

@@ -57,6 +57,15 @@ def test_image_attention_is_structured():
     assert ratio < 0.8
 
 
+def test_workload_spec_errors():
+    with pytest.raises(WorkloadError, match="takes no ':' argument"):
+        make_workload("image:astronaut", 1, 1, 4, 4, dtype=torch.float32, device="cpu")
+    with pytest.raises(WorkloadError, match="unknown workload"):
+        make_workload("imagenet", 1, 1, 4, 4, dtype=torch.float32, device="cpu")
+    with pytest.raises(WorkloadError, match="needs a path"):
+        make_workload("file", 1, 1, 4, 4, dtype=torch.float32, device="cpu")
+
+
 def test_gaussian_fit_split_is_another_seed():
     ev = make_workload("gaussian", 1, 2, 20, 8, dtype=torch.float32, device="cpu", seed=4)
     fit = make_workload("gaussian", 1, 2, 20, 8, dtype=torch.float32, device="cpu", seed=4, split="fit")
