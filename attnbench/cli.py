@@ -131,8 +131,15 @@ def env_cmd(device: str | None) -> None:
 @click.option("--no-flops", is_flag=True, help="Skip the fvcore and FlopCounterMode counts.")
 @click.option("--cuda-graphs", is_flag=True, help="Time replays of the call captured in a CUDA graph.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--fit", default="none", show_default=True,
+              help="Learnable state before measuring: none, closed (fixed point) or distill (Adam), "
+                   "on the workload's fitting split.")
+@click.option("--fit-iters", default=20, show_default=True, type=int, help="closed: fixed-point iterations.")
+@click.option("--fit-steps", default=200, show_default=True, type=int, help="distill: Adam steps.")
+@click.option("--fit-lr", default=5e-2, show_default=True, type=float, help="distill: Adam learning rate.")
 def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_dim, mode, workload,
-              seed, param_items, out, min_run_time, timeout_s, no_flops, cuda_graphs, quiet) -> None:
+              seed, param_items, out, min_run_time, timeout_s, no_flops, cuda_graphs, quiet, fit, fit_iters,
+              fit_steps, fit_lr) -> None:
     """Measure every method over token counts and budgets into OUT/rows.jsonl."""
     from attnbench.measure.timing import TimingConfig
     from attnbench.sweep import run_sweep
@@ -145,7 +152,10 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
         raise BadInput(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
     if mode not in MODES:
         raise BadInput(f"unknown mode {mode!r}; use fwd or fwdbwd")
-    for name, value in (("--batch", batch), ("--heads", heads), ("--head-dim", head_dim)):
+    if fit not in ("none", "closed", "distill"):
+        raise BadInput(f"unknown --fit {fit!r}; use none, closed or distill")
+    for name, value in (("--batch", batch), ("--heads", heads), ("--head-dim", head_dim),
+                        ("--fit-iters", fit_iters), ("--fit-steps", fit_steps), ("--fit-lr", fit_lr)):
         if value <= 0:
             raise BadInput(f"{name} must be positive, got {value}")
     try:
@@ -159,11 +169,14 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
         heads=heads, head_dim=head_dim, mode=mode, workload=workload, seed=seed,
         out=Path(out or f"results/sweep-{device}"), params=params,
         timing=TimingConfig(cpu_min_run_time_s=min_run_time, timeout_s=timeout_s, cuda_graphs=cuda_graphs),
-        count_flops=not no_flops,
+        count_flops=not no_flops, fit=fit, fit_iters=fit_iters, fit_steps=fit_steps,
+        fit_lr=fit_lr,
     )
     if any(registry.get_info(mm).budget for mm in methods) and not ms:
         raise BadInput("--m is empty but budgeted methods were chosen; give --m like 10,30,100")
     summary = run_sweep(cfg, argv=["bench.py"] + sys.argv[1:], progress=not quiet)
+    for note in summary.notes:
+        click.echo(note, err=True)
     for line in summary.unsupported:
         click.echo(f"skipped: {line}", err=True)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"

@@ -11,26 +11,29 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 
 from attnbench import registry
+from attnbench.fit import fit_module
+from attnbench.measure.attnmap import attn_map_metrics
 from attnbench.measure.env import collect_env
 from attnbench.measure.error import ExactReference, error_metrics, exact_reference
 from attnbench.measure.flops import fvcore_macs, torch_flops
 from attnbench.measure.memory import peak_memory
 from attnbench.measure.telemetry import null_telemetry
 from attnbench.measure.timing import CallTimeout, TimingConfig, time_fn, timing_config_dict
+from attnbench.methods.uniform import uniform_attention
 from attnbench.results import RowsFileError, read_rows
-from attnbench.workloads import Workload, make_workload
+from attnbench.workloads import Workload, file_dims, make_workload
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODES = ("fwd", "fwdbwd")
 KEY_FIELDS = ("method", "params", "n", "m", "batch", "heads", "head_dim", "dtype", "device",
-              "mode", "workload", "seed")
+              "mode", "workload", "seed", "fit")
 
 
 class SpecError(ValueError):
@@ -124,6 +127,10 @@ class SweepConfig:
     timing: TimingConfig = TimingConfig()
     count_flops: bool = True
     memory_guard: float = 0.8  # skip CPU runs whose scratch estimate exceeds this share of free RAM
+    fit: str = "none"          # none | closed | distill (attnbench.fit), on the workload's 'fit' split
+    fit_iters: int = 20        # closed: fixed-point iterations
+    fit_steps: int = 200       # distill: Adam steps
+    fit_lr: float = 5e-2       # distill: Adam learning rate
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,8 @@ def base_row(cfg: SweepConfig, p: Point) -> dict[str, Any]:
         "err_rel_fro": None, "err_max_abs": None, "err_cos_mean": None, "out_finite": None,
         "attn_entropy_ratio": None, "workload_params": None, "impl": {},
         **null_telemetry("not timed"),
+        "fit": cfg.fit, "fit_info": None, "fit_time_s": None, "err_uniform_rel_fro": None, "err_skill": None,
+        "attn_kl_mean": None, "attn_tv_mean": None, "attn_map_reason": None,
     }
 
 
@@ -205,8 +214,21 @@ def _available_ram_bytes() -> int | None:
     return None
 
 
-def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], ExactReference]) -> dict[str, Any]:
-    """Measure one point into a row; failures become rows with their status and message."""
+@dataclass
+class PointData:
+    """Lazily computed per-n inputs shared by the points of one n (each computed at most once)."""
+
+    uniform_err: Callable[[], float]                  # err_rel_fro of the uniform null model
+    fit_data: Callable[[], Workload] | None = None    # the workload's 'fit' split
+    exact_fit: Callable[[], torch.Tensor] | None = None  # float64 exact output on the fit split
+
+
+def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], ExactReference],
+                  extra: PointData | None = None) -> dict[str, Any]:
+    """Measure one point into a row; failures become rows with their status and message.
+
+    Fitting (``cfg.fit``) happens before and outside every timed region.
+    """
     row = base_row(cfg, p)
     row["workload_params"] = wl.params
     try:
@@ -222,6 +244,9 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
         too_big = _memory_guard(cfg, module, p.n)
         if too_big:
             return {**row, "status": "oom", "message": too_big}
+        if extra is not None:
+            row.update(fit_module(cfg.fit, module, extra.fit_data, extra.exact_fit, iters=cfg.fit_iters,
+                                  steps=cfg.fit_steps, lr=cfg.fit_lr))
         row["macs_analytic"] = int(module.macs(cfg.batch, p.n, wl.grid))
         call = make_call(module, wl, cfg.mode)
         row.update(time_fn(call, cfg.device, cfg.timing))
@@ -233,6 +258,9 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
         exact = ref()
         row.update(error_metrics(out, exact.out))
         row["attn_entropy_ratio"] = exact.entropy_ratio
+        if extra is not None:
+            row.update(skill_fields(row["err_rel_fro"], extra.uniform_err()))
+        row.update(attn_map_metrics(module, wl.q, wl.k, wl.v, wl.grid))
         row["impl"] = module.backend_info(wl.q, wl.k, wl.v, wl.grid)
         row["status"] = "ok"
     except CallTimeout as exc:
@@ -241,6 +269,49 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
         row.update(status="oom" if _is_oom(exc) else "error",
                    message=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
     return row
+
+
+def skill_fields(err: float | None, err_uniform: float) -> dict[str, Any]:
+    """err_skill = 1 − err / err_uniform (0: no better than averaging v, 1: exact)."""
+    ok = err is not None and err_uniform is not None and err_uniform > 0 and err_uniform == err_uniform
+    return {"err_uniform_rel_fro": err_uniform, "err_skill": 1.0 - err / err_uniform if ok else None}
+
+
+def point_data(cfg: SweepConfig, wl: Workload, n: int, ref: Callable[[], ExactReference]) -> PointData:
+    """Per-n lazy caches: the uniform model's error, the fitting split and its exact output."""
+    cache: dict[str, Any] = {}
+
+    def once(key: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def get() -> Any:
+            if key not in cache:
+                cache[key] = fn()
+            return cache[key]
+        return get
+
+    def uniform_err() -> float:
+        return error_metrics(uniform_attention(wl.v), ref().out)["err_rel_fro"]
+
+    fit_wl = once("fit_wl", lambda: make_workload(cfg.workload, cfg.batch, cfg.heads, n, cfg.head_dim,
+                                                  dtype=DTYPES[cfg.dtype], device=cfg.device,
+                                                  seed=cfg.seed, split="fit"))
+    exact_fit = once("exact_fit", lambda: exact_reference(fit_wl().q, fit_wl().k, fit_wl().v).out)
+    return PointData(uniform_err=once("uniform", uniform_err), fit_data=fit_wl, exact_fit=exact_fit)
+
+
+def resolve_workload_dims(cfg: SweepConfig) -> tuple[SweepConfig, list[str]]:
+    """For ``file:PATH`` the file defines batch, heads, N and head_dim: the config takes them.
+
+    Returns the config to run and notes naming the options that were overridden.
+    """
+    if not cfg.workload.startswith("file:"):
+        return cfg, []
+    dims = file_dims(cfg.workload.partition(":")[2])
+    wanted = {"batch": cfg.batch, "heads": cfg.heads, "head_dim": cfg.head_dim, "n": cfg.ns}
+    new = replace(cfg, ns=(dims["n"],), batch=dims["batch"], heads=dims["heads"], head_dim=dims["head_dim"])
+    changed = [f"{k}={dims[k]}" for k in ("batch", "heads", "n", "head_dim")
+               if (wanted[k] != (dims[k],) if k == "n" else wanted[k] != dims[k])]
+    notes = [f"{cfg.workload}: the file defines {', '.join(changed)}; the sweep uses them"] if changed else []
+    return new, notes
 
 
 def _memory_guard(cfg: SweepConfig, module, n: int) -> str | None:
@@ -276,6 +347,7 @@ class SweepSummary:
     skipped_existing: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     unsupported: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class RowWriter:
@@ -303,8 +375,12 @@ def prepare_out(out: Path) -> set[str]:
 
 def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = True) -> SweepSummary:
     """Measure every point of the grid not already in ``cfg.out/rows.jsonl``."""
+    cfg, notes = resolve_workload_dims(cfg)
+    if cfg.fit != "none" and cfg.workload.startswith("file:"):   # fail early: no fitting split
+        make_workload(cfg.workload, cfg.batch, cfg.heads, cfg.ns[0], cfg.head_dim, dtype=torch.float32,
+                      device="cpu", seed=cfg.seed, split="fit")
     done = prepare_out(cfg.out)
-    summary = SweepSummary(out=cfg.out)
+    summary = SweepSummary(out=cfg.out, notes=notes)
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     env = collect_env(cfg.device, cfg.seed)
     _record_invocation(cfg, run_id, argv, env)
@@ -323,10 +399,12 @@ def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = 
                 cache.append(exact_reference(wl.q, wl.k, wl.v))
             return cache[0]
 
+        extra = point_data(cfg, wl, n, ref)
+
         for p in (p for p in todo if p.n == n):
             if bar is not None:
                 bar.set_description(f"{p.method} n={p.n}" + (f" m={p.m}" if p.m is not None else ""))
-            row = measure_point(cfg, p, wl, ref)
+            row = measure_point(cfg, p, wl, ref, extra)
             row.update(run_id=run_id, env=env,
                        timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             writer.append(row)
@@ -337,7 +415,7 @@ def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = 
             if bar is not None:
                 bar.update(1)
             gc.collect()
-        del wl, cache
+        del wl, cache, extra
     if bar is not None:
         bar.close()
     return summary

@@ -27,7 +27,7 @@ def test_analytic_macs_match_counters(info, shape):
     analytic = mod.macs(b, n)
     fv = fvcore_macs(mod, q, k, v)
     counted = torch_flops(lambda: mod(q, k, v))["flops_torch"] / 2
-    assert analytic > 0
+    assert analytic > 0 or fv["macs_fvcore"] == counted == 0  # the uniform null model does no matmul
     assert abs(fv["macs_fvcore"] - analytic) <= 0.01 * analytic, (fv, analytic)
     assert abs(counted - analytic) <= 0.01 * analytic, (counted, analytic)
 

@@ -41,6 +41,11 @@ def anchor_attention(anchors: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     return anchor_apply(anchor_weights(anchors, k, scale), v)
 
 
+def anchor_matrix(a: torch.Tensor) -> torch.Tensor:
+    """The implied (B, H, N, N) token-token matrix S_t = A Δ⁻¹ Aᵀ (Eq. 10); small N only."""
+    return (a / safe_column_sums(a).transpose(-1, -2)) @ a.transpose(-1, -2)
+
+
 def _anchor_macs(batch: int, heads: int, n: int, m: int, head_dim: int) -> int:
     return 3 * batch * heads * n * m * head_dim  # logits, Aᵀv, A·M2
 
@@ -66,6 +71,30 @@ class AnchorAttention(AttentionMethod):
 
     def macs(self, batch, n, grid=None):
         return _anchor_macs(batch, self.heads, n, self.m, self.head_dim)
+
+    def attention_matrix(self, q, k, v, grid=None):
+        idx = select_anchor_indices(q, self.m, self.select, self.seed)           # (B, H, m)
+        anchors = torch.gather(q, 2, idx.unsqueeze(-1).expand(*idx.shape, q.shape[-1]))
+        return anchor_matrix(anchor_weights(anchors, k, self.scale))
+
+    def attention_matrix(self, q, k, v, grid=None):
+        return anchor_matrix(anchor_weights(self.anchors.to(dtype=k.dtype), k, self.scale))
+
+    def fit_closed(self, q, k, v, grid=None, iters=20):
+        """Eq. 5-6 fixed point from k-means++ on the keys: per head, or over all heads if shared."""
+        from attnbench.fit import anchor_fixed_point, summarise_history
+
+        d = k.shape[-1]
+        groups = [k.transpose(0, 1).reshape(-1, d)] if self.shared else \
+            [k[:, h].reshape(-1, d) for h in range(k.shape[1])]             # (B·N, d) each
+        fitted, hist = [], []
+        for g, keys in enumerate(groups):
+            u, h_info = anchor_fixed_point(keys, self.m, iters, self.scale, seed=g)
+            fitted.append(u)
+            hist.append(h_info)
+        new = fitted[0] if self.shared else torch.stack(fitted)
+        self.anchors.data.copy_(new.to(self.anchors))
+        return {"method": "eq6_fixed_point", "init": "kmeans++", "iters": iters, **summarise_history(hist)}
 
 
 def select_anchor_indices(q: torch.Tensor, m: int, select: str, seed: int = 0) -> torch.Tensor:
@@ -102,3 +131,8 @@ class AnchorSelect(AttentionMethod):
 
     def macs(self, batch, n, grid=None):
         return _anchor_macs(batch, self.heads, n, self.m, self.head_dim)
+
+    def attention_matrix(self, q, k, v, grid=None):
+        idx = select_anchor_indices(q, self.m, self.select, self.seed)           # (B, H, m)
+        anchors = torch.gather(q, 2, idx.unsqueeze(-1).expand(*idx.shape, q.shape[-1]))
+        return anchor_matrix(anchor_weights(anchors, k, self.scale))

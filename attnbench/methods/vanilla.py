@@ -23,6 +23,11 @@ def _exact_macs(batch: int, heads: int, n: int, head_dim: int) -> int:
     return 2 * batch * heads * n * n * head_dim  # q kᵀ and P v
 
 
+def exact_matrix(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, H, N, N) softmax(q kᵀ·scale): the matrix every exact method applies to v."""
+    return torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)
+
+
 @register("vanilla-math", family="vanilla", description="materialised softmax(q kᵀ/√d) v, O(N²)")
 class VanillaMath(AttentionMethod):
     """Exact attention with the N×N probability matrix materialised."""
@@ -33,6 +38,9 @@ class VanillaMath(AttentionMethod):
 
     def macs(self, batch, n, grid=None):
         return _exact_macs(batch, self.heads, n, self.head_dim)
+
+    def attention_matrix(self, q, k, v, grid=None):
+        return exact_matrix(q, k, self.scale)
 
     def workspace_bytes(self, batch, n, dtype_bytes):
         return 2 * batch * self.heads * n * n * dtype_bytes  # logits and probabilities
@@ -47,6 +55,9 @@ class VanillaSDPA(AttentionMethod):
 
     def macs(self, batch, n, grid=None):
         return _exact_macs(batch, self.heads, n, self.head_dim)
+
+    def attention_matrix(self, q, k, v, grid=None):
+        return exact_matrix(q, k, self.scale)
 
     def backend_info(self, q, k, v, grid=None) -> dict[str, Any]:
         from torch.profiler import ProfilerActivity, profile
