@@ -187,6 +187,9 @@ def test_claims_put_measured_next_to_published():
     assert deit_s["diff_pct"] == pytest.approx(100 * (22.050664 - 21.9) / 21.9)
     anchor = claims[claims["model"] == "AnchorFormer-S"]
     assert set(anchor["source"]) == {"Table 1, page unknown"} and len(anchor) == 2
+    red = claims[(claims["model"] == "AnchorFormer-S vs DeiT-S") & (claims["quantity"] == "MACs reduction (%)")]
+    assert red["published"].iloc[0] == pytest.approx(100 * (1 - 2.7 / 4.6))
+    assert red["measured"].iloc[0] == pytest.approx(100 * (1 - 3_974_332_416 / 4_598_882_304))
 
 
 PUBLISHED_TABLE1 = {"DeiT-T": (5.6, 1.3), "DeiT-S": (21.9, 4.6), "DeiT-B": (86.3, 17.5),
@@ -198,8 +201,11 @@ def test_paper_baselines_cite_table_and_page():
     assert paper["table"].notna().all() and paper["page"].notna().all()
     t1 = paper[paper["table"] == "Table 1"].set_index("model")
     assert {k: (t1.loc[k, "params_m"], t1.loc[k, "macs_g"]) for k in PUBLISHED_TABLE1} == PUBLISHED_TABLE1
-    t5 = paper[paper["table"] == "Table 5"]
+    t5 = paper[(paper["table"] == "Table 5") & (paper["attention"] == "anchor")]
     assert sorted(t5["m"].astype(int)) == [10, 10, 30, 30, 50, 50, 100, 100]
+    t5_deit = paper[(paper["table"] == "Table 5") & (paper["attention"] == "vanilla")].set_index("model")
+    assert {k: (t5_deit.loc[k, "params_m"], t5_deit.loc[k, "macs_g"]) for k in ("DeiT-T", "DeiT-S")} == \
+        {k: PUBLISHED_TABLE1[k] for k in ("DeiT-T", "DeiT-S")}
 
 
 def one_line_error(code, err, *needles):

@@ -11,7 +11,7 @@ import pandas as pd
 from attnbench.results import RowsFileError, read_rows
 
 # Fields that set a measurement apart: rows differing in any of them are never compared as one.
-GROUP_FIELDS = ("source", "device_name", "dtype", "mode", "batch", "heads", "head_dim", "workload")
+GROUP_FIELDS = ("source", "device_name", "dtype", "mode", "batch", "heads", "head_dim", "workload", "seed", "fit")
 
 
 class ReportError(Exception):

@@ -13,7 +13,8 @@ from attnbench.report.load import GROUP_FIELDS
 from attnbench.report.stats import crossover, fit_exponent, mac_range
 
 REFERENCE = "vanilla-sdpa"
-NAMED_OPTIONAL = ("err_skill", "attn_kl", "energy_j_per_call", "achieved_gbps")
+NAMED_OPTIONAL = ("err_skill", "attn_kl_mean", "attn_tv_mean", "fit_time_s", "energy_j_per_call",
+                  "achieved_gbps", "achieved_tflops")
 TELEMETRY = re.compile(r"^(gpu_.*|.*_(w|mhz|watts|clock))$")
 BASE_COLUMNS = ("latency_ms", "latency_p20_ms", "latency_p80_ms", "peak_mem_mib", "macs_analytic",
                 "macs_fvcore", "macs_torch", "err_rel_fro", "err_cos_mean")
@@ -67,8 +68,10 @@ def groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(label, rows) per group, in a fixed order; the label names what sets the group apart."""
     out = []
     for key, sub in df.groupby(list(GROUP_FIELDS), dropna=False, sort=True):
-        src, dev, dtype, mode, batch, heads, hd, wl = (_int(k) for k in key)
-        out.append((f"{src}: {dev}, {dtype}, {mode}, batch {batch}, {heads} heads × {hd}, {wl}", sub))
+        src, dev, dtype, mode, batch, heads, hd, wl, seed, fit = (_int(k) for k in key)
+        fitted = f", fit {fit}" if isinstance(fit, str) and fit != "none" else ""
+        out.append((f"{src}: {dev}, {dtype}, {mode}, batch {batch}, {heads} heads × {hd}, {wl}, seed {seed}{fitted}",
+                    sub))
     return out
 
 
