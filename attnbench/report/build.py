@@ -99,6 +99,7 @@ def at_n_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str) -> Non
     n = T.pick_n(ok, ctx.at_n)
     if ctx.at_n is not None and n != ctx.at_n:
         ctx.result.notes.append(f"n={ctx.at_n} not measured in {label}; n={n} used")
+        ctx.page.add("p", f"n={ctx.at_n} was not measured in this group; n={n} is used below.")
     add_figure(ctx, ok[ok["n"] == n], ("latency_ms", "err_rel_fro"), f"pareto{suffix}",
                f"Error vs latency at n={n}, Pareto front marked (Fig. 2 analogue, error in place of accuracy)",
                lambda: F.pareto(ok, n, label), label)

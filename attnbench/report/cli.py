@@ -19,6 +19,8 @@ def run_report(runs: tuple[str, ...], out: str | None, at_n: int | None, fit_poi
         result = build_report(paths, target, at_n=at_n, fit_points=fit_points)
     except ReportError as exc:
         raise bad(str(exc)) from None
+    for note in result.notes:
+        click.echo(f"note: {note}")
     click.echo(f"report written to {result.out / 'report.md'} and report.html "
                f"({len(result.files)} files)")
     if result.problems:

@@ -14,18 +14,30 @@ import seaborn as sns  # noqa: E402
 
 from attnbench.report.stats import pareto_mask  # noqa: E402
 
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "attnbench", "svg.fonttype": "none", "figure.dpi": 100})
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")
 
 
 def plain_log_ticks(ax) -> None:
-    """Major ticks as plain numbers (no mathtext), no labels on minor ticks."""
-    for axis in (ax.xaxis, ax.yaxis):
-        if axis.get_scale() in ("log", "symlog"):
-            axis.set_major_formatter(PLAIN)
-            axis.set_minor_formatter(NullFormatter())
+    """Major ticks as plain numbers (no mathtext), at 1-2-5 steps when the axis spans under
+    two decades; no labels on minor ticks."""
+    for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if axis.get_scale() not in ("log", "symlog"):
+            continue
+        if axis.get_scale() == "log" and min(lim) > 0 and max(lim) / min(lim) < 100 \
+                and not isinstance(axis.get_major_locator(), FixedLocator):
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(PLAIN)
+        axis.set_minor_formatter(NullFormatter())
+
+
+def data_ticks(ax, values) -> None:
+    """x ticks exactly at the measured values (n or m), without minor ticks."""
+    ticks = sorted({float(v) for v in values})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def save(fig, folder: Path, name: str) -> list[Path]:
@@ -62,6 +74,7 @@ def line_vs_n(ok: pd.DataFrame, y: str, ylabel: str, title: str, labels: dict[st
     sns.lineplot(data=data, x="n", y=y, hue="label", hue_order=sorted(data["label"].unique()), marker="o",
                  estimator=None, errorbar=None, sort=True, ax=ax)
     ax.set(xscale="log", yscale="log", xlabel="tokens n", ylabel=ylabel)
+    data_ticks(ax, data["n"])
     _legend(ax)
     return fig
 
@@ -77,6 +90,7 @@ def macs_vs_n(ok: pd.DataFrame, title: str):
                  hue_order=sorted(long["series"].unique()), style_order=["macs_analytic", "macs_fvcore", "macs_torch"],
                  estimator=None, errorbar=None, sort=True, ax=ax)
     ax.set(xscale="log", yscale="log", xlabel="tokens n", ylabel="forward multiply-adds (MACs)")
+    data_ticks(ax, long["n"])
     _legend(ax)
     return fig
 
@@ -91,6 +105,7 @@ def error_vs_m(ok: pd.DataFrame, title: str):
                  hue_order=sorted(bud["method_params"].unique()), style_order=sorted(bud["n"].unique(), key=int),
                  estimator=None, errorbar=None, sort=True, ax=ax)
     ax.set(xscale="log", yscale="log", xlabel="budget m", ylabel="relative Frobenius error")
+    data_ticks(ax, bud["m"])
     _legend(ax)
     return fig
 

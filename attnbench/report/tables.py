@@ -5,6 +5,7 @@ dtype, mode, shape and workload); nothing is averaged.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import pandas as pd
@@ -66,13 +67,19 @@ def optional_columns(df: pd.DataFrame) -> list[str]:
 
 def groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(label, rows) per group, in a fixed order; the label names what sets the group apart."""
-    out = []
-    for key, sub in df.groupby(list(GROUP_FIELDS), dropna=False, sort=True):
-        src, dev, dtype, mode, batch, heads, hd, wl, seed, fit = (_int(k) for k in key)
-        fitted = f", fit {fit}" if isinstance(fit, str) and fit != "none" else ""
-        out.append((f"{src}: {dev}, {dtype}, {mode}, batch {batch}, {heads} heads × {hd}, {wl}, seed {seed}{fitted}",
-                    sub))
-    return out
+    return [(group_label(dict(zip(GROUP_FIELDS, key))), sub)
+            for key, sub in df.groupby(list(GROUP_FIELDS), dropna=False, sort=True)]
+
+
+def group_label(key: dict) -> str:
+    """'run: cpu (model), float32, fwd, batch 1, 6 heads × 64, gaussian, seed 0'; unknown parts left out."""
+    k = {f: _int(v) for f, v in key.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    parts = [k.get("device_name"), k.get("dtype"), k.get("mode"),
+             f"batch {k['batch']}" if "batch" in k else None,
+             f"{k['heads']} heads × {k.get('head_dim', '?')}" if "heads" in k else None,
+             k.get("workload"), f"seed {k['seed']}" if "seed" in k else None,
+             f"fit {k['fit']}" if k.get("fit") not in (None, "none") else None]
+    return f"{k.get('source', '?')}: " + ", ".join(str(p) for p in parts if p is not None)
 
 
 def _int(value):
