@@ -44,7 +44,8 @@ def synthetic_rows():
     """vanilla-sdpa ~ n^2, anchor ~ n, an unregistered method, failures, and model rows."""
     rows = []
     for n in NS:
-        rows.append(attention_row("vanilla-sdpa", n, 1e-5 * n ** 2, energy_j_per_call=1e-6 * n ** 2))
+        rows.append(attention_row("vanilla-sdpa", n, 1e-5 * n ** 2, energy_j_per_call=1e-6 * n ** 2,
+                                  gpu_power_avg_w=300.0))
         rows.append(attention_row("mystery-attn", n, 2e-4 * n ** 1.5, err_skill=0.5, energy_j_per_call=1e-5 * n))
         for m in (10, 30):
             rows.append(attention_row("anchor", n, 1e-3 * m * n / 30, m=m, err_skill=0.1 * m,
@@ -117,7 +118,8 @@ def test_tables_hold_every_ok_row_and_every_failure(built):
     assert len(measured) == len(ok)
     got = {(s.split(" ")[0], n) for s, n in zip(measured["series"], measured["n"])}
     assert got == {(r["method"], r["n"]) for r in ok}
-    assert "err_skill" in measured.columns and "energy_j_per_call" in measured.columns
+    assert {"err_skill", "energy_j_per_call", "gpu_power_avg_w"} <= set(measured.columns)
+    assert "attn_kl_mean" not in measured.columns  # optional columns only when rows carry them
     failed = pd.read_csv(out / "tables" / "failed.csv")
     assert sorted(failed["status"]) == ["oom", "unsupported"]
     assert set(failed["message"]) == {r["message"] for r in rows if r["status"] != "ok"}

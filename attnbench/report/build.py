@@ -65,10 +65,9 @@ def group_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str) -> No
     page.add("h2", f"Attention rows: {label}")
     add_table(ctx, f"measurements{suffix}", "Every ok row (latency ms, memory MiB, MACs)", T.measurements_table(ok), "none")
     scaling = T.scaling_table(ok, ctx.fit_points) if not lacking(ok, ("latency_ms",)) else pd.DataFrame()
-    labels = {r.series: r.series + (f" (slope {r.slope:.2f}" + (f" [{r.ci95_low:.2f}, {r.ci95_high:.2f}])"
-              if pd.notna(r.ci95_low) else ")") if pd.notna(r.slope) else "") for r in scaling.itertuples()}
+    labels = scaling_labels(scaling)
     add_figure(ctx, ok, ("latency_ms",), f"latency_vs_n{suffix}", "Latency vs n (log-log); legend: fitted exponent "
-               f"over the {ctx.fit_points} largest n with its 95% interval",
+               f"over the {ctx.fit_points} largest n with its 95% interval, and the crossover n vs {T.REFERENCE}",
                lambda: F.line_vs_n(ok, "latency_ms", "latency (ms)", label, labels), label)
     add_table(ctx, f"scaling{suffix}", f"Latency exponent over the {ctx.fit_points} largest n (95% interval, t "
               f"distribution) and the n beyond which each series is faster than {T.REFERENCE}", scaling,
@@ -82,6 +81,21 @@ def group_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str) -> No
                    lambda: F.line_vs_n(ok, "energy_j_per_call", "energy per call (J)", label), label)
     budget_section(ctx, label, ok, suffix)
     at_n_section(ctx, label, ok, suffix)
+
+
+def scaling_labels(scaling: pd.DataFrame) -> dict[str, str]:
+    """Legend entries: series (slope [95% interval], faster than the reference beyond n≈...)."""
+    out = {}
+    for r in scaling.to_dict("records"):
+        parts = []
+        if pd.notna(r["slope"]):
+            ci = f" [{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]" if pd.notna(r["ci95_low"]) else ""
+            parts.append(f"slope {r['slope']:.2f}{ci}")
+        cross = r[f"crossover_n_vs_{T.REFERENCE}"]
+        if pd.notna(cross):
+            parts.append(f"beats {T.REFERENCE} beyond n≈{cross:.0f}")
+        out[r["series"]] = r["series"] + (f" ({'; '.join(parts)})" if parts else "")
+    return out
 
 
 def budget_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str) -> None:

@@ -12,9 +12,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from attnbench.report.stats import pareto_mask  # noqa: E402
-
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
+
+from attnbench.report.stats import pareto_mask  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "attnbench", "svg.fonttype": "none", "figure.dpi": 100})
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")

@@ -111,6 +111,8 @@ def scaling_table(ok: pd.DataFrame, points: int = 4) -> pd.DataFrame:
         fit = fit_exponent(sub["n"], pd.to_numeric(sub["latency_ms"], errors="coerce"), points)
         if ref.empty:
             cross, note = None, f"no {REFERENCE} rows"
+        elif (sub["method"] == REFERENCE).all():
+            cross, note = None, "the reference"
         else:
             cross, note = crossover(list(sub["n"]), list(sub["latency_ms"]), list(ref["n"]), list(ref["latency_ms"]))
         out.append({"series": series, "slope": fit["slope"], "ci95_low": fit["ci_low"], "ci95_high": fit["ci_high"],
