@@ -77,9 +77,36 @@ def test_budget_larger_than_tokens_is_an_unsupported_row(tmp_path, capsys):
 @pytest.mark.parametrize("args,needle", [(["--arch", "deit-huge"], "unknown arch"),
                                          (["--attention", "nope"], "unknown method"),
                                          (["--img", "100"], "multiple of the patch size"),
-                                         (["--m", "0"], "--m must be positive")],
-                         ids=["arch", "attention", "img", "m"])
+                                         (["--m", "0"], "--m must be positive"),
+                                         (["--param", "shared"], "expected KEY=VALUE")],
+                         ids=["arch", "attention", "img", "m", "param"])
 def test_bad_model_input_is_one_line(args, needle, capsys, tmp_path):
     code = main(["model"] + args + ["--no-timing", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err
+
+
+def test_grid_methods_see_the_patch_grid_and_cls_attends_exactly(scratch_registry):
+    """A grid method gets the patch tokens on their grid; the cls token gets exact attention."""
+    from attnbench.methods.base import AttentionMethod, exact_attention
+
+    seen = []
+
+    @scratch_registry.register("grid-probe", family="test", needs_grid=True)
+    class GridProbe(AttentionMethod):
+        def forward(self, q, k, v, grid=None):
+            seen.append((q.shape[2], grid))
+            return torch.zeros_like(v)
+
+        def macs(self, batch, n, grid=None):
+            return 0
+
+    model = ViT(vit_config("deit-tiny", "grid-probe", img=48)).eval()
+    attn = model.blocks[0].attn
+    q, k, v = (torch.randn(2, 3, 10, 64, dtype=torch.float64) for _ in range(3))
+    out = attn.attend(q, k, v)
+    assert seen[-1] == (9, (3, 3))
+    torch.testing.assert_close(out[:, :, :1], exact_attention(q[:, :, :1], k, v))
+    assert (out[:, :, 1:] == 0).all()
+    model(torch.randn(1, 3, 48, 48))
+    assert seen[-1] == (9, (3, 3)) and len(seen) == 1 + 12

@@ -97,8 +97,9 @@ def base_model_row(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def unsupported(model: ViT, cfg: ModelConfig) -> str | None:
-    core = model.blocks[0].attn.core
-    return core.unsupported_reason(cfg.device, "float32", model.cfg.tokens, core.head_dim)
+    attn = model.blocks[0].attn
+    n = model.cfg.tokens - (1 if attn.grid is not None else 0)  # grid methods see the patches only
+    return attn.core.unsupported_reason(cfg.device, "float32", n, attn.core.head_dim)
 
 
 def measure_model(cfg: ModelConfig) -> dict[str, Any]:

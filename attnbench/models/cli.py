@@ -22,11 +22,14 @@ def model_configs(arch_spec: str, attentions: tuple[str, ...], img: int, m_spec:
         raise bad(f"--img must be a positive multiple of the patch size 16, got {img}")
     if iters <= 0 or (batch is not None and batch <= 0):
         raise bad("--iters and --batch must be positive")
+    if any("=" not in item or not item.partition("=")[0] for item in param_items):
+        raise bad(f"--param {next(i for i in param_items if '=' not in i or not i.partition('=')[0])!r} "
+                  "is malformed: expected KEY=VALUE")
     try:
         ms = parse_m_spec(m_spec) or [30]
-        params = parse_params(f"x.{item}" for item in param_items).get("x", {})
+        params = parse_params(f"attention.{item}" for item in param_items).get("attention", {})
     except SpecError as exc:
-        raise bad(str(exc).replace("METHOD.KEY", "KEY")) from None
+        raise bad(str(exc)) from None
     batch = batch or (64 if device == "cuda" else 8)
     return [ModelConfig(arch=a, attention=att, img=img, m=m, params=params, device=device, batch=batch,
                         iters=iters, timing=timing)

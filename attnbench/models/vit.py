@@ -4,6 +4,9 @@ Query-using methods get the DeiT projection ``qkv = Linear(dim, 3·dim, bias=Tru
 that ignore the queries (``uses_query=False``, e.g. ``anchor``) follow the AnchorFormer design:
 a single bias-free projection producing k and v, ``kv = Linear(dim, 2·dim, bias=False)``, and
 no query projection at all.
+
+Methods that need a 2-D token grid (``needs_grid``) attend over the patch tokens on their
+(img/16, img/16) grid; the cls token attends exactly (softmax over all tokens).
 """
 from __future__ import annotations
 
@@ -53,12 +56,15 @@ def vit_config(arch: str, attention: str, img: int = 224, **attention_params: An
 class ViTAttention(nn.Module):
     """Projections around a registered attention core: (B, N, C) -> (B, N, C)."""
 
-    def __init__(self, dim: int, heads: int, method: str, params: dict[str, Any]) -> None:
+    def __init__(self, dim: int, heads: int, method: str, params: dict[str, Any],
+                 grid: tuple[int, int] | None = None) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.head_dim = heads, dim // heads
-        self.uses_query = registry.get_info(method).uses_query
+        info = registry.get_info(method)
+        self.uses_query = info.uses_query
+        self.grid = grid if info.needs_grid else None
         if self.uses_query:
             self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         else:
@@ -78,8 +84,16 @@ class ViTAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape                                          # (B, N, C)
         q, k, v = self.split(x)                                    # (B, H, N, d)
-        out = self.core(q, k, v, grid=None)                        # (B, H, N, d)
+        out = self.attend(q, k, v)                                 # (B, H, N, d)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(B, H, N, d) -> (B, H, N, d); token 0 is the cls token."""
+        if self.grid is None:
+            return self.core(q, k, v, grid=None)
+        patches = self.core(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], grid=self.grid)  # (B, H, N-1, d)
+        cls = torch.nn.functional.scaled_dot_product_attention(q[:, :, :1], k, v)    # (B, H, 1, d)
+        return torch.cat([cls, patches], dim=2)
 
 
 class Block(nn.Module):
@@ -89,7 +103,8 @@ class Block(nn.Module):
         super().__init__()
         hidden = int(cfg.dim * cfg.mlp_ratio)
         self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.attn = ViTAttention(cfg.dim, cfg.heads, cfg.attention, cfg.attention_params)
+        side = cfg.img // cfg.patch
+        self.attn = ViTAttention(cfg.dim, cfg.heads, cfg.attention, cfg.attention_params, grid=(side, side))
         self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
 
