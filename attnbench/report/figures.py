@@ -129,7 +129,8 @@ def pareto(ok: pd.DataFrame, n: int, title: str):
 
 def speedup_heatmap(ok: pd.DataFrame, reference: str, title: str):
     """Reference latency / series latency per (series, n); colour on a log2 scale."""
-    ref = ok[ok["method"] == reference].set_index("n")["latency_ms"].astype(float)
+    ref = ok[ok["method"] == reference]
+    ref = ref[ref["series"] == min(ref["series"])].set_index("n")["latency_ms"].astype(float)
     data = ok[ok["n"].isin(ref.index)].copy()
     data["speedup"] = [ref[n] / float(t) for n, t in zip(data["n"], data["latency_ms"])]
     grid = data.pivot(index="series", columns="n", values="speedup").sort_index()

@@ -103,9 +103,15 @@ def pick_n(ok: pd.DataFrame, at_n: int | None = None) -> int | None:
     return int(max(counts.index, key=lambda n: (counts[n], n)))
 
 
+def reference_rows(ok: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the reference method; of several parameter sets, the first series by name."""
+    ref = ok[ok["method"] == REFERENCE]
+    return ref[ref["series"] == min(ref["series"])] if len(ref) else ref
+
+
 def scaling_table(ok: pd.DataFrame, points: int = 4) -> pd.DataFrame:
     """Fitted latency exponent over the largest n per series, and the crossover n vs the reference."""
-    ref = ok[ok["method"] == REFERENCE]
+    ref = reference_rows(ok)
     out = []
     for series, sub in ok.groupby("series", sort=True):
         fit = fit_exponent(sub["n"], pd.to_numeric(sub["latency_ms"], errors="coerce"), points)
