@@ -218,6 +218,48 @@ def profile_cmd(method, n, m, device, dtype, mode, batch, heads, head_dim, activ
     click.echo(f"trace: {cfg.out / 'trace.json'} (open in https://ui.perfetto.dev); table: {cfg.out / 'top_ops.csv'}")
 
 
+@cli.command("model")
+@plugin_option
+@click.option("--arch", default="deit-small", show_default=True,
+              help="deit-tiny|deit-small|deit-base, or a comma list.")
+@click.option("--attention", "attention_spec", default="vanilla-math", show_default=True,
+              help="Attention in every block (registry name), or a comma list.")
+@click.option("--img", default=224, show_default=True, type=int, help="Image side in pixels (patch 16).")
+@click.option("--m", "m_spec", default="30", show_default=True,
+              help="Budget of budgeted attentions (anchors...), or a comma list.")
+@click.option("--param", "param_items", multiple=True, metavar="KEY=VALUE",
+              help="Attention parameter, e.g. shared=true (repeatable).")
+@click.option("--device", default=None, help="cpu or cuda (default: best present).")
+@click.option("--batch", default=None, type=int, help="Throughput batch (default 64 on CUDA, 8 on CPU).")
+@click.option("--iters", default=3, show_default=True, type=int, help="Timed forward passes after one warm-up.")
+@click.option("--no-timing", is_flag=True, help="Count parameters and MACs only.")
+@click.option("--out", default=None, help="Run folder (default results/model-<device>); rows are appended.")
+def model_cmd(arch, attention_spec, img, m_spec, param_items, device, batch, iters, no_timing, out) -> None:
+    """Parameters, MACs (fvcore; FlopCounterMode/2) and images/s of DeiT-style ViTs."""
+    from attnbench.models.cli import model_configs, print_model_rows
+    from attnbench.models.audit import run_models
+
+    device = check_device(device or best_device())
+    cfgs = model_configs(arch, resolve_methods(attention_spec, device), img, m_spec, param_items, device,
+                         batch, iters, not no_timing, BadInput)
+    rows = run_models(cfgs, Path(out or f"results/model-{device}"), argv=["bench.py"] + sys.argv[1:])
+    print_model_rows(rows, Path(out or f"results/model-{device}"))
+
+
+@cli.command("report")
+@plugin_option
+@click.option("--run", "runs", multiple=True, help="Run folder (repeatable; default: the latest under results/).")
+@click.option("--out", default=None, help="Output folder (default: <first run>/report).")
+@click.option("--at-n", default=None, type=int, help="n of the Pareto plot and Table 1 analogue (default: the n "
+              "with the most ok methods).")
+@click.option("--fit-points", default=4, show_default=True, type=int, help="Largest n used for the scaling fit.")
+def report_cmd(runs, out, at_n, fit_points) -> None:
+    """Tables, figures and the claims audit from rows.jsonl alone (no measurement)."""
+    from attnbench.report.cli import run_report
+
+    run_report(runs, out, at_n, fit_points, BadInput)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input becomes one stderr line and exit status 2."""
     try:

@@ -1,0 +1,145 @@
+"""Model-level numbers for one (arch, attention, m): parameters, MACs two ways, images per second.
+
+Rows share the sweep's format (``method``, ``n``, ``status``, ``device``, ``dtype``, ``mode``)
+plus ``kind: "model"``, so ``attnbench.results`` validates them and ``report`` renders them.
+MACs are counted for one image (batch 1), matrix products only (convolution, linear, matmul,
+attention); LayerNorm, GELU, softmax and other elementwise work count zero, as in the sweep.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnbench import registry
+from attnbench.measure.env import collect_env
+from attnbench.measure.flops import ZERO_OPS, _matmul_handle, _sdpa_handle, _zero_handle, torch_flops
+from attnbench.models.vit import ViT, count_params, vit_config
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model audit; ``m`` is ignored by attentions without a budget."""
+
+    arch: str
+    attention: str
+    img: int = 224
+    m: int | None = 30
+    params: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    batch: int = 8
+    iters: int = 3          # timed forward passes (iterations, not seconds), after one warm-up
+    timing: bool = True
+    seed: int = 0
+
+
+def attention_params(cfg: ModelConfig) -> dict[str, Any]:
+    """Constructor parameters of the attention: user params plus the budget set to ``m``."""
+    info = registry.get_info(cfg.attention)
+    params = {**info.defaults, **cfg.params}
+    if info.budget:
+        params[info.budget] = cfg.m if cfg.m is not None else params.get(info.budget)
+    return params
+
+
+def build_model(cfg: ModelConfig) -> ViT:
+    torch.manual_seed(cfg.seed)
+    return ViT(vit_config(cfg.arch, cfg.attention, cfg.img, **attention_params(cfg))).eval()
+
+
+def fvcore_model_macs(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
+    """fvcore multiply-adds of ``model(images)`` with the sweep's extra op handles."""
+    from fvcore.nn import FlopCountAnalysis
+
+    handles = {op: _zero_handle for op in ZERO_OPS}
+    handles.update({"aten::matmul": _matmul_handle, "aten::scaled_dot_product_attention": _sdpa_handle})
+    analysis = FlopCountAnalysis(model, (images,)).set_op_handle(**handles)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        total = int(analysis.total())
+    return {"macs_fvcore": total, "fvcore_uncounted_ops": sorted(analysis.unsupported_ops())}
+
+
+def images_per_second(model: torch.nn.Module, images: torch.Tensor, iters: int) -> dict[str, Any]:
+    """Forward throughput: one warm-up pass, then ``iters`` timed passes (wall clock)."""
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+    with torch.no_grad():
+        model(images)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            model(images)
+        sync()
+        elapsed = time.perf_counter() - t0
+    return {"images_per_s": images.shape[0] * iters / elapsed,
+            "timing": {"unit": "iterations", "warmup_iters": 1, "iters": iters, "seconds": elapsed}}
+
+
+def base_model_row(cfg: ModelConfig) -> dict[str, Any]:
+    info = registry.get_info(cfg.attention)
+    return {
+        "kind": "model", "method": cfg.attention, "family": info.family, "arch": cfg.arch,
+        "attention": cfg.attention, "img": cfg.img, "n": (cfg.img // 16) ** 2 + 1,
+        "m": cfg.m if info.budget else None, "params": None, "attention_params": None,
+        "batch": cfg.batch, "dtype": "float32", "device": cfg.device, "mode": "fwd",
+        "status": None, "message": None, "macs_fvcore": None, "flops_torch": None,
+        "fvcore_uncounted_ops": None, "images_per_s": None, "timing": None,
+    }
+
+
+def unsupported(model: ViT, cfg: ModelConfig) -> str | None:
+    attn = model.blocks[0].attn
+    n = model.cfg.tokens - (1 if attn.grid is not None else 0)  # grid methods see the patches only
+    return attn.core.unsupported_reason(cfg.device, "float32", n, attn.core.head_dim)
+
+
+def measure_model(cfg: ModelConfig) -> dict[str, Any]:
+    """One row; a failure becomes a row with its status and message."""
+    row = base_model_row(cfg)
+    try:
+        model = build_model(cfg).to(cfg.device)
+        row["attention_params"] = attention_params(cfg)
+        row["params"] = count_params(model)
+        reason = unsupported(model, cfg)
+        if reason:
+            return {**row, "status": "unsupported", "message": reason}
+        one = torch.randn(1, 3, cfg.img, cfg.img, device=cfg.device)
+        row.update(fvcore_model_macs(model, one))
+        row.update(torch_flops(lambda: model(one)))
+        if cfg.timing:
+            images = torch.randn(cfg.batch, 3, cfg.img, cfg.img, device=cfg.device)
+            row.update(images_per_second(model, images, cfg.iters))
+        row["status"] = "ok"
+    except Exception as exc:  # every failure becomes a row
+        oom = isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+        row.update(status="oom" if oom else "error",
+                   message=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
+    return row
+
+
+def run_models(cfgs: list[ModelConfig], out: Path, argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Measure each config and append its row to ``out/rows.jsonl``; record the invocation."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    env = collect_env(cfgs[0].device if cfgs else "cpu", cfgs[0].seed if cfgs else None)
+    with open(out / "runs.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"run_id": run_id, "argv": argv if argv is not None else sys.argv,
+                             "env": env, "timestamp": env["timestamp"]}, default=str) + "\n")
+    rows = []
+    for cfg in cfgs:
+        row = measure_model(cfg)
+        row.update(run_id=run_id, env=env,
+                   timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        with open(out / "rows.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, default=str) + "\n")
+        rows.append(row)
+    return rows

@@ -1,0 +1,171 @@
+"""Report tables as pandas DataFrames of raw values (rendering happens elsewhere).
+
+Rows are only ever placed side by side within one group (same source run folder, device,
+dtype, mode, shape and workload); nothing is averaged.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+
+from attnbench.report.load import GROUP_FIELDS
+from attnbench.report.stats import crossover, fit_exponent, mac_range
+
+REFERENCE = "vanilla-sdpa"
+NAMED_OPTIONAL = ("err_skill", "attn_kl_mean", "attn_tv_mean", "fit_time_s", "energy_j_per_call",
+                  "achieved_gbps", "achieved_tflops")
+TELEMETRY = re.compile(r"^(gpu_.*|.*_(w|mhz|watts|clock))$")
+BASE_COLUMNS = ("latency_ms", "latency_p20_ms", "latency_p80_ms", "peak_mem_mib", "macs_analytic",
+                "macs_fvcore", "macs_torch", "err_rel_fro", "err_cos_mean")
+
+
+def add_series(df: pd.DataFrame) -> pd.DataFrame:
+    """``series``: the method, its parameters where several sets share a group, and m."""
+    df = df.copy()
+    keys = list(GROUP_FIELDS) + ["method"]
+    variants = df.groupby(keys, dropna=False)["params_key"].transform("nunique") if len(df) else []
+    df["series"] = [
+        str(method) + (f" {pk}" if nv > 1 and pk else "") + (f" m={int(m)}" if pd.notna(m) else "")
+        for method, pk, nv, m in zip(df["method"], df["params_key"], variants, df["m"])
+    ]
+    return df
+
+
+def ok_attention(df: pd.DataFrame) -> pd.DataFrame:
+    """ok attention rows with derived columns; a repeated point keeps its latest row."""
+    ok = add_series(df[(df["kind"] == "attention") & (df["status"] == "ok")])
+    ok = derive(ok)
+    order = ok["timestamp"].fillna("") if "timestamp" in ok else pd.Series("", index=ok.index)
+    ok = ok.assign(_t=order).sort_values("_t", kind="stable")
+    ok = ok.drop_duplicates(list(GROUP_FIELDS) + ["series", "n"], keep="last").drop(columns="_t")
+    return ok.sort_values(list(GROUP_FIELDS) + ["series", "n"], key=_sort_key, kind="stable")
+
+
+def _sort_key(col: pd.Series) -> pd.Series:
+    return col.astype(str) if col.dtype == object else col
+
+
+def derive(df: pd.DataFrame) -> pd.DataFrame:
+    """Unit conversions as pure functions of each row: MiB, torch MACs (= FLOPs / 2)."""
+    df = df.copy()
+    for f in ("latency_ms", "latency_p20_ms", "latency_p80_ms", "peak_mem_bytes", "macs_analytic",
+              "macs_fvcore", "flops_torch", "err_rel_fro", "err_cos_mean"):
+        if f not in df:
+            df[f] = None
+    df["peak_mem_mib"] = pd.to_numeric(df["peak_mem_bytes"], errors="coerce") / 2**20
+    df["macs_torch"] = pd.to_numeric(df["flops_torch"], errors="coerce") / 2
+    return df
+
+
+def optional_columns(df: pd.DataFrame) -> list[str]:
+    """Named optional fields and GPU telemetry columns that hold at least one number."""
+    names = [c for c in NAMED_OPTIONAL if c in df] + sorted(c for c in df.columns if TELEMETRY.match(str(c)))
+    return [c for c in dict.fromkeys(names) if pd.to_numeric(df[c], errors="coerce").notna().any()]
+
+
+def groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, rows) per group, in a fixed order; the label names what sets the group apart."""
+    return [(group_label(dict(zip(GROUP_FIELDS, key))), sub)
+            for key, sub in df.groupby(list(GROUP_FIELDS), dropna=False, sort=True)]
+
+
+def group_label(key: dict) -> str:
+    """'run: cpu (model), float32, fwd, batch 1, 6 heads × 64, gaussian, seed 0'; unknown parts left out."""
+    k = {f: _int(v) for f, v in key.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    parts = [k.get("device_name"), k.get("dtype"), k.get("mode"),
+             f"batch {k['batch']}" if "batch" in k else None,
+             f"{k['heads']} heads × {k.get('head_dim', '?')}" if "heads" in k else None,
+             k.get("workload"), f"seed {k['seed']}" if "seed" in k else None,
+             f"fit {k['fit']}" if k.get("fit") not in (None, "none") else None]
+    return f"{k.get('source', '?')}: " + ", ".join(str(p) for p in parts if p is not None)
+
+
+def _int(value):
+    """Integral floats (pandas' view of an int column with gaps) back to int."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def measurements_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """Every ok attention row."""
+    cols = ["series", "n", "m"] + list(BASE_COLUMNS) + optional_columns(ok)
+    return ok[cols].reset_index(drop=True)
+
+
+def pick_n(ok: pd.DataFrame, at_n: int | None = None) -> int | None:
+    """``at_n`` if measured, else the n with the most ok series (the largest on ties)."""
+    if ok.empty:
+        return None
+    if at_n is not None and at_n in set(ok["n"]):
+        return int(at_n)
+    counts = ok.groupby("n")["series"].nunique()
+    return int(max(counts.index, key=lambda n: (counts[n], n)))
+
+
+def reference_rows(ok: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the reference method; of several parameter sets, the first series by name."""
+    ref = ok[ok["method"] == REFERENCE]
+    return ref[ref["series"] == min(ref["series"])] if len(ref) else ref
+
+
+def scaling_table(ok: pd.DataFrame, points: int = 4) -> pd.DataFrame:
+    """Fitted latency exponent over the largest n per series, and the crossover n vs the reference."""
+    ref = reference_rows(ok)
+    out = []
+    for series, sub in ok.groupby("series", sort=True):
+        fit = fit_exponent(sub["n"], pd.to_numeric(sub["latency_ms"], errors="coerce"), points)
+        if ref.empty:
+            cross, note = None, f"no {REFERENCE} rows"
+        elif (sub["method"] == REFERENCE).all():
+            cross, note = None, "the reference"
+        else:
+            cross, note = crossover(list(sub["n"]), list(sub["latency_ms"]), list(ref["n"]), list(ref["latency_ms"]))
+        out.append({"series": series, "slope": fit["slope"], "ci95_low": fit["ci_low"], "ci95_high": fit["ci_high"],
+                    "n_fitted": ",".join(str(n) for n in fit["n_used"]), f"crossover_n_vs_{REFERENCE}": cross,
+                    "crossover_note": note})
+    return pd.DataFrame(out)
+
+
+def table1(ok: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Methods at one n grouped by MAC decade: MACs, latency, peak memory, error."""
+    at = ok[ok["n"] == n].copy()
+    at["mac_range"] = [mac_range(pd.to_numeric(x, errors="coerce")) for x in at["macs_analytic"]]
+    cols = ["mac_range", "series", "macs_analytic", "macs_fvcore", "latency_ms", "peak_mem_mib", "err_rel_fro"]
+    at = at.sort_values(["macs_analytic", "series"], key=_sort_key, kind="stable")
+    return at[cols + optional_columns(at)].reset_index(drop=True)
+
+
+def ablation_m(ok: pd.DataFrame) -> pd.DataFrame:
+    """Budgeted methods over m (the Table 5 analogue): one row per (method, params, n, m)."""
+    bud = ok[ok["m"].notna()].copy()
+    bud["method_params"] = [f"{m} {p}".strip() for m, p in zip(bud["method"], bud["params_key"])]
+    cols = ["method_params", "n", "m", "macs_analytic", "latency_ms", "peak_mem_mib", "err_rel_fro"]
+    bud = bud.sort_values(["method_params", "n", "m"], kind="stable")
+    return bud[cols + optional_columns(bud)].reset_index(drop=True)
+
+
+def failed_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every row whose status is not ok, with its reason."""
+    bad = df[df["status"] != "ok"].copy()
+    for f in ("message", "arch"):
+        if f not in bad:
+            bad[f] = None
+    cols = ["source", "kind", "method", "arch", "n", "m", "device", "dtype", "mode", "status", "message"]
+    return bad[cols].sort_values(["source", "kind", "method", "n"], key=_sort_key, kind="stable").reset_index(drop=True)
+
+
+def models_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Model rows that ran: parameters (M), GMACs by fvcore and FlopCounterMode/2, images/s."""
+    mod = df[(df["kind"] == "model") & (df["status"] == "ok")].copy()
+    if mod.empty:
+        return pd.DataFrame()
+    for f in ("images_per_s", "flops_torch", "macs_fvcore", "img"):
+        if f not in mod:
+            mod[f] = None
+    mod["params_m"] = pd.to_numeric(mod["params"], errors="coerce") / 1e6
+    mod["gmacs_fvcore"] = pd.to_numeric(mod["macs_fvcore"], errors="coerce") / 1e9
+    mod["gmacs_torch"] = pd.to_numeric(mod["flops_torch"], errors="coerce") / 2e9
+    cols = ["source", "arch", "attention", "m", "img", "params_m", "gmacs_fvcore", "gmacs_torch",
+            "images_per_s", "batch", "device_name"]
+    return mod[cols].sort_values(["source", "arch", "attention", "m"], key=_sort_key, kind="stable").reset_index(drop=True)

@@ -1,0 +1,259 @@
+"""bench.py report on synthetic rows: every output, every ok row, determinism, clear messages,
+and the statistics (scaling exponent, crossover, Pareto front) against known answers."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from attnbench.cli import main
+from attnbench.report import stats
+from attnbench.report import tables as T
+from attnbench.report.claims import claims_table, load_paper
+from attnbench.report.load import load_runs, normalise
+
+NS = (256, 512, 1024, 2048, 4096)
+ENV = {"device_name": "Test CPU", "torch": "0.0", "git_commit": "abc123", "python": "3.x"}
+
+
+def attention_row(method, n, latency, m=None, status="ok", message=None, device="cpu", **extra):
+    """A sweep-like row; MACs and error are simple functions of n and m."""
+    macs = 6 * n * (m or n) * 64
+    row = {"method": method, "family": method.split("-")[0], "params": {}, "n": n, "m": m, "batch": 1,
+           "heads": 6, "head_dim": 64, "dtype": "float32", "device": device, "mode": "fwd",
+           "workload": "gaussian", "seed": 0, "status": status, "message": message,
+           "run_id": "run-1", "env": ENV, "timestamp": "2026-01-01T00:00:00+00:00"}
+    if status == "ok":
+        row.update(latency_ms=latency, latency_p20_ms=latency * 0.95, latency_p80_ms=latency * 1.05,
+                   peak_mem_bytes=n * (m or n) * 24, macs_analytic=macs, macs_fvcore=macs, flops_torch=2 * macs,
+                   err_rel_fro=0.0 if m is None else 1.0 / m, err_cos_mean=1.0 - (0 if m is None else 0.1 / m))
+    return {**row, **extra}
+
+
+def model_row(arch, attention, params, macs, m=None, family="vanilla"):
+    return {"kind": "model", "method": attention, "family": family, "arch": arch, "attention": attention,
+            "img": 224, "n": 197, "m": m, "params": params, "attention_params": {"m": m} if m else {},
+            "batch": 8, "dtype": "float32", "device": "cpu", "mode": "fwd", "status": "ok", "message": None,
+            "macs_fvcore": macs, "flops_torch": 2 * macs, "images_per_s": 10.0, "run_id": "run-2", "env": ENV,
+            "timestamp": "2026-01-01T00:01:00+00:00"}
+
+
+def synthetic_rows():
+    """vanilla-sdpa ~ n^2, anchor ~ n, an unregistered method, failures, and model rows."""
+    rows = []
+    for n in NS:
+        rows.append(attention_row("vanilla-sdpa", n, 1e-5 * n ** 2, energy_j_per_call=1e-6 * n ** 2,
+                                  gpu_power_avg_w=300.0))
+        rows.append(attention_row("mystery-attn", n, 2e-4 * n ** 1.5, err_skill=0.5, energy_j_per_call=1e-5 * n))
+        for m in (10, 30):
+            rows.append(attention_row("anchor", n, 1e-3 * m * n / 30, m=m, err_skill=0.1 * m,
+                                      energy_j_per_call=1e-5 * n))
+    rows.append(attention_row("anchor", 16, None, m=30, status="unsupported", message="budget m=30 exceeds n=16."))
+    rows.append(attention_row("vanilla-math", 65536, None, status="oom", message="not run: scratch memory too big"))
+    rows += [model_row("deit-small", "vanilla-math", 22_050_664, 4_598_882_304),
+             model_row("deit-small", "anchor", 20_405_608, 3_974_332_416, m=30, family="anchor")]
+    return rows
+
+
+def write_run(folder: Path, rows, invocation=True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if invocation:
+        (folder / "runs.jsonl").write_text(json.dumps({"run_id": "run-1", "argv": ["bench.py", "sweep", "--n", "x"],
+                                                       "env": ENV, "timestamp": "2026-01-01T00:00:00+00:00"}) + "\n")
+    return folder
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+FIGURES = ("latency_vs_n", "memory_vs_n", "macs_vs_n", "error_vs_m", "pareto", "speedup_heatmap", "energy_vs_n")
+TABLES = ("provenance", "measurements", "scaling", "ablation_m", "table1", "models", "claims", "failed")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The report of the synthetic run, built twice into two folders (for the determinism check)."""
+    base = tmp_path_factory.mktemp("rep")
+    run = write_run(base / "run", synthetic_rows())
+    outs = []
+    for name in ("a", "b"):
+        code = main(["report", "--run", str(run), "--out", str(base / name)])
+        assert code == 0
+        outs.append(base / name)
+    return run, outs
+
+
+def test_every_listed_file_is_written(built):
+    _, (out, _) = built
+    for name in FIGURES:
+        png, svg = out / "figures" / f"{name}.png", out / "figures" / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        import matplotlib.image
+
+        pixels = matplotlib.image.imread(png)
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 0.01, name
+        assert "<svg" in svg.read_text()[:2000], name
+    for name in TABLES:
+        assert (out / "tables" / f"{name}.csv").stat().st_size > 0, name
+        tex = (out / "tables" / f"{name}.tex").read_text()
+        assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex, name
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(FIGURES)
+    assert "src='figures/" not in html  # self-contained
+    md = (out / "report.md").read_text()
+    assert all(f"figures/{name}.png" in md for name in FIGURES)
+
+
+def test_tables_hold_every_ok_row_and_every_failure(built):
+    run, (out, _) = built
+    rows = synthetic_rows()
+    measured = pd.read_csv(out / "tables" / "measurements.csv")
+    ok = [r for r in rows if r["status"] == "ok" and r.get("kind") != "model"]
+    assert len(measured) == len(ok)
+    got = {(s.split(" ")[0], n) for s, n in zip(measured["series"], measured["n"])}
+    assert got == {(r["method"], r["n"]) for r in ok}
+    assert {"err_skill", "energy_j_per_call", "gpu_power_avg_w"} <= set(measured.columns)
+    assert "attn_kl_mean" not in measured.columns  # optional columns only when rows carry them
+    failed = pd.read_csv(out / "tables" / "failed.csv")
+    assert sorted(failed["status"]) == ["oom", "unsupported"]
+    assert set(failed["message"]) == {r["message"] for r in rows if r["status"] != "ok"}
+    models = pd.read_csv(out / "tables" / "models.csv")
+    assert sorted(models["attention"]) == ["anchor", "vanilla-math"]
+    md = (out / "report.md").read_text()
+    assert "mystery-attn" in md and "abc123" in md and "bench.py sweep --n x" in md
+
+
+def test_output_is_deterministic(built):
+    _, (a, b) = built
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_scaling_exponent_recovered_from_rows_with_known_slope():
+    rng = np.random.default_rng(0)
+    slope = 1.37
+    ns = [196, 392, 784, 1568, 3136, 6272]
+    rows = [attention_row("mystery-attn", n, 0.01 * n ** slope * float(np.exp(rng.normal(0, 0.02)))) for n in ns]
+    ok = T.ok_attention(normalise(pd.DataFrame(rows).assign(source="s")))
+    fit = T.scaling_table(ok, points=4).iloc[0]
+    assert abs(fit["slope"] - slope) <= 0.05
+    assert fit["ci95_low"] < slope < fit["ci95_high"]
+    assert fit["n_fitted"] == "784,1568,3136,6272"
+
+
+def test_exponent_interval_shrinks_to_the_slope_without_noise():
+    fit = stats.fit_exponent([100, 200, 400, 800], [3 * n ** 0.8 for n in (100, 200, 400, 800)])
+    assert fit["slope"] == pytest.approx(0.8, abs=1e-9)
+    assert fit["ci_high"] - fit["ci_low"] == pytest.approx(0, abs=1e-6)
+    assert stats.fit_exponent([100, 200], [1, 2])["ci_low"] is None  # two points: no interval
+
+
+def test_crossover_matches_the_closed_form():
+    ns = [128, 256, 512, 1024, 2048]
+    # method a*n, reference b*n^2: equal at n = a/b = 700; log ratio is linear in log n, so exact
+    n_cross, note = stats.crossover(ns, [0.7 * n for n in ns], ns, [1e-3 * n * n for n in ns])
+    assert note == "interpolated" and n_cross == pytest.approx(700, rel=1e-9)
+    assert stats.crossover(ns, [1.0] * 5, ns, [2.0] * 5)[0] is None
+    assert stats.crossover(ns, [3.0] * 5, ns, [2.0] * 5)[0] is None
+
+
+def test_pareto_mask_agrees_with_brute_force():
+    rng = np.random.default_rng(1)
+    x, y = list(rng.random(40)), list(rng.random(40))
+    brute = [not any(x[j] <= x[i] and y[j] <= y[i] and (x[j], y[j]) != (x[i], y[i]) for j in range(40))
+             for i in range(40)]
+    assert stats.pareto_mask(x, y) == brute
+
+
+def test_devices_are_kept_apart(tmp_path):
+    rows = [attention_row("anchor", n, 1.0, m=10, device=d) for d in ("cpu", "cuda") for n in (256, 512)]
+    data = load_runs([write_run(tmp_path / "r", rows)])
+    grouped = T.groups(T.ok_attention(data.rows))
+    assert len(grouped) == 2
+    assert [sorted(set(g["device"])) for _, g in grouped] == [["cpu"], ["cuda"]]
+
+
+def test_claims_put_measured_next_to_published():
+    df = normalise(pd.DataFrame(synthetic_rows()).assign(source="s"))
+    claims = claims_table(df)
+    deit_s = claims[(claims["model"] == "DeiT-S") & (claims["quantity"] == "params (M)")].iloc[0]
+    assert deit_s["published"] == 21.9 and deit_s["measured"] == pytest.approx(22.050664)
+    assert deit_s["diff_pct"] == pytest.approx(100 * (22.050664 - 21.9) / 21.9)
+    anchor = claims[claims["model"] == "AnchorFormer-S"]
+    assert set(anchor["source"]) == {"Table 1, page unknown"} and len(anchor) == 2
+    red = claims[(claims["model"] == "AnchorFormer-S vs DeiT-S") & (claims["quantity"] == "MACs reduction (%)")]
+    assert red["published"].iloc[0] == pytest.approx(100 * (1 - 2.7 / 4.6))
+    assert red["measured"].iloc[0] == pytest.approx(100 * (1 - 3_974_332_416 / 4_598_882_304))
+
+
+PUBLISHED_TABLE1 = {"DeiT-T": (5.6, 1.3), "DeiT-S": (21.9, 4.6), "DeiT-B": (86.3, 17.5),
+                    "AnchorFormer-T": (4.2, 0.7), "AnchorFormer-S": (18.6, 2.7), "AnchorFormer-B": (63.5, 9.2)}
+
+
+def test_paper_baselines_cite_table_and_page():
+    paper = load_paper()
+    assert paper["table"].notna().all() and paper["page"].notna().all()
+    t1 = paper[paper["table"] == "Table 1"].set_index("model")
+    assert {k: (t1.loc[k, "params_m"], t1.loc[k, "macs_g"]) for k in PUBLISHED_TABLE1} == PUBLISHED_TABLE1
+    t5 = paper[(paper["table"] == "Table 5") & (paper["attention"] == "anchor")]
+    assert sorted(t5["m"].astype(int)) == [10, 10, 30, 30, 50, 50, 100, 100]
+    t5_deit = paper[(paper["table"] == "Table 5") & (paper["attention"] == "vanilla")].set_index("model")
+    assert {k: (t5_deit.loc[k, "params_m"], t5_deit.loc[k, "macs_g"]) for k in ("DeiT-T", "DeiT-S")} == \
+        {k: PUBLISHED_TABLE1[k] for k in ("DeiT-T", "DeiT-S")}
+
+
+def one_line_error(code, err, *needles):
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("error: ")
+    for needle in needles:
+        assert needle in err
+
+
+def test_missing_run_is_one_line(tmp_path, capsys):
+    code, _, err = run_cli(["report", "--run", str(tmp_path / "nope")], capsys)
+    one_line_error(code, err, "does not exist", "nope")
+
+
+def test_empty_run_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "rows.jsonl").write_text("")
+    code, _, err = run_cli(["report", "--run", str(tmp_path / "empty")], capsys)
+    one_line_error(code, err, "empty")
+
+
+def test_no_run_under_results_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["report"], capsys)
+    one_line_error(code, err, "no run found")
+
+
+def test_rows_without_a_required_field_name_it(tmp_path, capsys):
+    rows = [attention_row("anchor", 256, 1.0, m=10)]
+    del rows[0]["method"]
+    code, _, err = run_cli(["report", "--run", str(write_run(tmp_path / "r", rows))], capsys)
+    one_line_error(code, err, "lacks field(s) method")
+
+
+def test_rows_lacking_a_figure_field_name_it_and_the_rest_is_written(tmp_path, capsys):
+    """One run lacks latency_ms, a second run is missing: both named, everything else written."""
+    rows = [attention_row(meth, n, 1e-5 * n * n, m=m) for n in (256, 1024)
+            for meth, m in (("vanilla-sdpa", None), ("anchor", 10))]
+    for r in rows:
+        del r["latency_ms"]
+    out = tmp_path / "out"
+    code, _, err = run_cli(["report", "--run", str(write_run(tmp_path / "r", rows)), "--run", str(tmp_path / "gone"),
+                            "--out", str(out)], capsys)
+    one_line_error(code, err, "latency_ms", "latency_vs_n", "gone", "does not exist")
+    assert (out / "report.md").exists() and (out / "report.html").exists()
+    assert (out / "figures" / "memory_vs_n.png").exists() and (out / "figures" / "error_vs_m.png").exists()
+    assert not (out / "figures" / "latency_vs_n.png").exists()
+    assert "rows lack latency_ms" in (out / "report.md").read_text()
+    assert len(pd.read_csv(out / "tables" / "measurements.csv")) == len(rows)
