@@ -22,6 +22,7 @@ from attnbench.measure.env import collect_env
 from attnbench.measure.error import ExactReference, error_metrics, exact_reference
 from attnbench.measure.flops import fvcore_macs, torch_flops
 from attnbench.measure.memory import peak_memory
+from attnbench.measure.roofline import ROOFLINE_FIELDS, device_peaks, roofline_columns
 from attnbench.measure.timing import CallTimeout, TimingConfig, time_fn, timing_config_dict
 from attnbench.results import RowsFileError, read_rows
 from attnbench.workloads import Workload, make_workload
@@ -163,6 +164,7 @@ def base_row(cfg: SweepConfig, p: Point) -> dict[str, Any]:
         "fvcore_uncounted_ops": None, "flop_notes": None,
         "err_rel_fro": None, "err_max_abs": None, "err_cos_mean": None, "out_finite": None,
         "attn_entropy_ratio": None, "workload_params": None, "impl": {},
+        **dict.fromkeys(ROOFLINE_FIELDS),
     }
 
 
@@ -305,6 +307,7 @@ def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = 
     summary = SweepSummary(out=cfg.out)
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     env = collect_env(cfg.device, cfg.seed)
+    env["roofline"] = device_peaks(cfg.device, cfg.dtype)
     _record_invocation(cfg, run_id, argv, env)
     points = expand_grid(cfg)
     todo = [p for p in points if row_key(base_row(cfg, p)) not in done]
@@ -325,6 +328,7 @@ def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = 
             if bar is not None:
                 bar.set_description(f"{p.method} n={p.n}" + (f" m={p.m}" if p.m is not None else ""))
             row = measure_point(cfg, p, wl, ref)
+            row.update(roofline_columns(row, registry.get_info(p.method).uses_query, env["roofline"]))
             row.update(run_id=run_id, env=env,
                        timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             writer.append(row)
