@@ -18,9 +18,10 @@ m is padded to M_PAD (a power of two >= 16) and d to D_PAD the same way; padded 
 logit -inf (weight 0), padded features are loaded as 0 and never stored. Token tails are
 masked. Accumulation is float32 for every input dtype; float32 inputs use IEEE products.
 
-``TRITON_INTERPRET=1`` must be set before this module is imported to run it on CPU tensors
-(the interpreter is chosen when the kernels are decorated); then a single configuration is
-used instead of autotuning.
+To run on CPU tensors, set ``TRITON_INTERPRET=1`` before triton is first imported in the
+process (triton decorates its own library functions, and this module its kernels, at import
+time; tests/conftest.py does this on machines without a GPU). Interpreted, a single
+configuration is used instead of autotuning.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def _prune(configs, named_args, **kwargs):
 # Hopper: 64 to 128 token tiles with 4 to 8 warps cover m = 10, 30, 100 at d = 64 and 128.
 PASS1_CONFIGS = _configs((32, 64, 128), (4, 8), (2, 3, 4))
 PASS2_CONFIGS = _configs((32, 64, 128), (4, 8), (2, 3, 4))
+BWD_CONFIGS = _configs((32, 64, 128), (4, 8), (2, 3))
 TUNE_KEY = ["M_PAD", "D_PAD", "N_BUCKET"]
 
 
@@ -168,6 +170,58 @@ def _anchor_pass2(k_ptr, u_ptr, m2_ptr, o_ptr,
                  o.to(o_ptr.dtype.element_ty), mask=tile_mask)
 
 
+@triton.autotune(configs=BWD_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _anchor_bwd(g_ptr, k_ptr, v_ptr, u_ptr, m2_ptr, dm1_ptr, ds_ptr, dk_ptr, dv_ptr, du_ptr,
+                N, H, M, D, scale, tokens_per_split,
+                s_gb, s_gh, s_gn, s_gd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
+                s_ub, s_uh, s_um, s_ud, s_dkb, s_dkh, s_dkn, s_dkd, s_dvb, s_dvh, s_dvn, s_dvd,
+                N_BUCKET, M_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """Per tile: dA = g M2ᵀ + v dM1ᵀ + ds, dL = A ⊙ (dA − rowsum(A ⊙ dA)), dk = dL U/√d,
+    dv = A dM1, and this split's partial of d anchors = Σ dLᵀ k/√d."""
+    split = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = tl.arange(0, M_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    d_mask = offs_d < D
+    u = _load_anchors(u_ptr, b, h, s_ub, s_uh, s_um, s_ud, offs_m, offs_d, m_mask, d_mask)
+    md = bh.to(tl.int64) * (M_PAD * D_PAD) + offs_m[:, None] * D_PAD + offs_d[None, :]
+    m2 = tl.load(m2_ptr + md).to(u.dtype)                                 # (M_PAD, D_PAD)
+    dm1 = tl.load(dm1_ptr + md).to(u.dtype)
+    ds = tl.load(ds_ptr + bh.to(tl.int64) * M_PAD + offs_m)                # (M_PAD,) float32
+    du = tl.zeros((M_PAD, D_PAD), dtype=tl.float32)
+    lo = split * tokens_per_split
+    hi = tl.minimum(lo + tokens_per_split, N)
+    for start in range(lo, hi, BLOCK_N):
+        rows = start + offs_n
+        row_mask = rows < hi
+        tile_mask = row_mask[:, None] & d_mask[None, :]
+        tile = rows[:, None] * s_kn + offs_d[None, :] * s_kd
+        kt = tl.load(k_ptr + b * s_kb + h * s_kh + tile, mask=tile_mask, other=0.0)
+        gt = tl.load(g_ptr + b * s_gb + h * s_gh + rows[:, None] * s_gn + offs_d[None, :] * s_gd,
+                     mask=tile_mask, other=0.0)
+        vt = tl.load(v_ptr + b * s_vb + h * s_vh + rows[:, None] * s_vn + offs_d[None, :] * s_vd,
+                     mask=tile_mask, other=0.0)
+        a = _tile_weights(kt, u, scale * 1.4426950408889634, m_mask, row_mask, PRECISION)
+        da = tl.dot(gt, tl.trans(m2), input_precision=PRECISION) \
+            + tl.dot(vt, tl.trans(dm1), input_precision=PRECISION) + ds[None, :]
+        dl = a * (da - tl.sum(a * da, axis=1)[:, None]) * scale          # (BLOCK_N, M_PAD)
+        dk = tl.dot(dl.to(u.dtype), u, input_precision=PRECISION)
+        dv = tl.dot(a.to(u.dtype), dm1, input_precision=PRECISION)
+        du += tl.dot(tl.trans(dl.to(u.dtype)), kt, input_precision=PRECISION)
+        tl.store(dk_ptr + b * s_dkb + h * s_dkh + rows[:, None] * s_dkn + offs_d[None, :] * s_dkd,
+                 dk.to(dk_ptr.dtype.element_ty), mask=tile_mask)
+        tl.store(dv_ptr + b * s_dvb + h * s_dvh + rows[:, None] * s_dvn + offs_d[None, :] * s_dvd,
+                 dv.to(dv_ptr.dtype.element_ty), mask=tile_mask)
+    slot = bh.to(tl.int64) * tl.num_programs(0) + split
+    tl.store(du_ptr + slot * (M_PAD * D_PAD) + offs_m[:, None] * D_PAD + offs_d[None, :], du)
+
+
 def pad_pow2(x: int, least: int = 16) -> int:
     """The smallest power of two >= max(x, least)."""
     return max(least, 1 << max(0, int(x) - 1).bit_length())
@@ -197,6 +251,48 @@ def check_inputs(k: torch.Tensor, v: torch.Tensor, anchors: torch.Tensor) -> Non
         raise ValueError(f"head_dim must be 16..128 and m 1..128, got {k.shape[-1]} and {anchors.shape[-2]}")
 
 
+def _launch_shape(k: torch.Tensor, m: int, tokens: int | None, which: int) -> tuple[int, int, int, int]:
+    """(M_PAD, D_PAD, tokens per program, programs per head) for pass ``which`` (0: 1, 1: 2)."""
+    b, h, n, d = k.shape
+    per_prog = tokens or _tokens_per_program(n, b * h, _target_programs(k.device)[which])
+    if per_prog % SPLIT_ALIGN:
+        raise ValueError(f"token ranges per program must be multiples of {SPLIT_ALIGN}, got {per_prog}")
+    return pad_pow2(m), pad_pow2(d), per_prog, triton.cdiv(n, per_prog)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # "tf32" is ignored for 16-bit inputs
+
+
+def _n_bucket(n: int) -> int:
+    return max(0, n - 1).bit_length()  # autotuning key: N's magnitude
+
+
+def reduce_over_tokens(k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, scale: float,
+                       deterministic: bool = True, tokens_per_split: int | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1 and the reduction: (Δ⁻¹ Aᵀ v as (BH, M_PAD, D_PAD), s = Aᵀ 1 as (BH, M_PAD)), float32.
+
+    k, v: (B, H, N, d) (v may be any (B, H, N, d) tensor, e.g. the output gradient); u: (B, H, m, d)
+    in k's dtype. Padded rows and columns are zero.
+    """
+    b, h, n, d = k.shape
+    m = u.shape[-2]
+    m_pad, d_pad, tps, splits = _launch_shape(k, m, tokens_per_split, 0)
+    bh, slots = b * h, (splits if deterministic else 1)
+    alloc = torch.empty if deterministic else torch.zeros
+    part = alloc((bh, slots, m_pad, d_pad), dtype=torch.float32, device=k.device)
+    psum = alloc((bh, slots, m_pad), dtype=torch.float32, device=k.device)
+    _anchor_pass1[(splits, bh)](
+        k, v, u, part, psum, n, h, m, d, float(scale) * LOG2E, tps, slots,
+        *k.stride(), *v.stride(), *u.stride(),
+        _n_bucket(n), M_PAD=m_pad, D_PAD=d_pad, ATOMIC=not deterministic, PRECISION=_precision(k.dtype))
+    m2 = torch.empty((bh, m_pad, d_pad), dtype=torch.float32, device=k.device)
+    s = torch.empty((bh, m_pad), dtype=torch.float32, device=k.device)
+    _anchor_reduce[(bh,)](part, psum, m2, s, slots, M_PAD=m_pad, D_PAD=d_pad, num_warps=8)
+    return m2, s
+
+
 def anchor_forward(k: torch.Tensor, v: torch.Tensor, anchors: torch.Tensor, scale: float, *,
                    deterministic: bool = True, tokens_per_split: int | None = None,
                    tokens_per_prog: int | None = None,
@@ -214,37 +310,54 @@ def anchor_forward(k: torch.Tensor, v: torch.Tensor, anchors: torch.Tensor, scal
     u = anchors.to(k.dtype)
     b, h, n, d = k.shape
     m = u.shape[-2]
-    m_pad, d_pad, bh = pad_pow2(m), pad_pow2(d), b * h
-    t1, t2 = _target_programs(k.device)
-    tps = tokens_per_split or _tokens_per_program(n, bh, t1)
-    tpp = tokens_per_prog or _tokens_per_program(n, bh, t2)
-    if tps % SPLIT_ALIGN or tpp % SPLIT_ALIGN:
-        raise ValueError(f"token ranges per program must be multiples of {SPLIT_ALIGN}, got {tps}, {tpp}")
-    splits = triton.cdiv(n, tps)
-    slots = 1 if not deterministic else splits
-    alloc = torch.zeros if not deterministic else torch.empty
-    part = alloc((bh, slots, m_pad, d_pad), dtype=torch.float32, device=k.device)
-    psum = alloc((bh, slots, m_pad), dtype=torch.float32, device=k.device)
-    precision = "ieee" if k.dtype == torch.float32 else "tf32"  # "tf32" is ignored for 16-bit inputs
-    qk_scale = float(scale) * LOG2E
-    n_bucket = max(0, n - 1).bit_length()  # autotuning key: N's magnitude
-    _anchor_pass1[(splits, bh)](
-        k, v, u, part, psum, n, h, m, d, qk_scale, tps, slots,
-        *k.stride(), *v.stride(), *u.stride(),
-        n_bucket, M_PAD=m_pad, D_PAD=d_pad, ATOMIC=not deterministic, PRECISION=precision)
-    m2 = torch.empty((bh, m_pad, d_pad), dtype=torch.float32, device=k.device)
-    s = torch.empty((bh, m_pad), dtype=torch.float32, device=k.device)
-    _anchor_reduce[(bh,)](part, psum, m2, s, slots, M_PAD=m_pad, D_PAD=d_pad, num_warps=8)
+    m2, s = reduce_over_tokens(k, v, u, scale, deterministic, tokens_per_split)
+    m_pad, d_pad, tpp, progs = _launch_shape(k, m, tokens_per_prog, 1)
     if out is None:
         out = torch.empty((b, h, n, d), dtype=k.dtype, device=k.device)
     elif out.shape != k.shape or out.dtype != k.dtype or out.device != k.device:
         raise ValueError(f"out must be {tuple(k.shape)} {k.dtype} on {k.device}")
-    _anchor_pass2[(triton.cdiv(n, tpp), bh)](
-        k, u, m2, out, n, h, bh, m, d, qk_scale, tpp,
+    _anchor_pass2[(progs, b * h)](
+        k, u, m2, out, n, h, b * h, m, d, float(scale) * LOG2E, tpp,
         *k.stride(), *u.stride(), *out.stride(),
-        n_bucket, M_PAD=m_pad, D_PAD=d_pad, PRECISION=precision)
+        _n_bucket(n), M_PAD=m_pad, D_PAD=d_pad, PRECISION=_precision(k.dtype))
     m2 = m2.view(b, h, m_pad, d_pad)[:, :, :m, :d]
     return out, m2, s.view(b, h, m_pad)[:, :, :m]
+
+
+def _pad_to(x: torch.Tensor, m_pad: int, d_pad: int) -> torch.Tensor:
+    """(B, H, m, d) -> zero-padded contiguous (B·H, M_PAD, D_PAD) float32."""
+    b, h, m, d = x.shape
+    out = torch.zeros((b, h, m_pad, d_pad), dtype=torch.float32, device=x.device)
+    out[:, :, :m, :d] = x
+    return out.view(b * h, m_pad, d_pad)
+
+
+def anchor_backward(g: torch.Tensor, k: torch.Tensor, v: torch.Tensor, anchors: torch.Tensor,
+                    m2: torch.Tensor, s: torch.Tensor, scale: float, *, deterministic: bool = True,
+                    tokens_per_split: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dk, dv, d anchors) of the forward above, A recomputed per tile.
+
+    g, k, v: (B, H, N, d); anchors: (B, H, m, d); m2 (B, H, m, d) and s (B, H, m) as returned by
+    ``anchor_forward``. Pass 1 (the forward's kernels on (k, g)) gives dM1 = Δ⁻¹ Aᵀ g; then
+    ds = -Σ_d dM1 ⊙ M2; pass 2 (``_anchor_bwd``) writes dk, dv and per-split partials of
+    d anchors, summed in split order. d anchors is (B, H, m, d) float32.
+    """
+    check_inputs(k, v, anchors)
+    u = anchors.to(k.dtype)
+    b, h, n, d = k.shape
+    m = u.shape[-2]
+    dm1, _ = reduce_over_tokens(k, g, u, scale, deterministic, tokens_per_split)   # (BH, M_PAD, D_PAD)
+    m_pad, d_pad, tps, splits = _launch_shape(k, m, tokens_per_split, 0)
+    m2p = _pad_to(m2, m_pad, d_pad)
+    ds = -(dm1 * m2p).sum(-1)                                                      # (BH, M_PAD)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    du = torch.empty((b * h, splits, m_pad, d_pad), dtype=torch.float32, device=k.device)
+    _anchor_bwd[(splits, b * h)](
+        g, k, v, u, m2p, dm1, ds, dk, dv, du, n, h, m, d, float(scale), tps,
+        *g.stride(), *k.stride(), *v.stride(), *u.stride(), *dk.stride(), *dv.stride(),
+        _n_bucket(n), M_PAD=m_pad, D_PAD=d_pad, PRECISION=_precision(k.dtype))
+    du = du.sum(1).view(b, h, m_pad, d_pad)[:, :, :m, :d]   # fixed-order sum over splits
+    return dk, dv, du
 
 
 def tuned_configs() -> dict[str, str | None]:
@@ -252,6 +365,6 @@ def tuned_configs() -> dict[str, str | None]:
     def show(kernel):
         cfg = getattr(kernel, "best_config", None)
         return None if cfg is None else str(cfg)
-    return {"pass1": show(_anchor_pass1), "pass2": show(_anchor_pass2)}
+    return {"pass1": show(_anchor_pass1), "pass2": show(_anchor_pass2), "backward": show(_anchor_bwd)}
 
 

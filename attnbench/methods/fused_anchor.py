@@ -11,9 +11,9 @@ algorithm runs in PyTorch over token chunks, so the memory beyond inputs and out
 O(chunk·m + m·d). Recomputing A in pass 2 costs one more N·m·d product than ``anchor`` (4 instead
 of 3 per token, anchor and feature) in exchange for never writing A to memory.
 
-The backward pass (``FusedAnchorFunction``) also works tile by tile in PyTorch on both devices:
-pass 1 accumulates dM2 = Aᵀ dout, pass 2 recomputes A per tile and writes dk, dv and
-accumulates d(anchors).
+The backward pass (``FusedAnchorFunction``) also works tile by tile, A recomputed: pass 1
+accumulates dM2 = Aᵀ dout, pass 2 writes dk, dv and accumulates d(anchors). On CUDA it is Triton
+(``backward=auto``) or chunked PyTorch (``backward=pytorch``); on CPU chunked PyTorch.
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ import torch
 from attnbench.methods.anchor import AnchorAttention
 from attnbench.registry import register
 
-ForwardImpl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float],
-                       "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
+Triple = "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"
+ForwardImpl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], Triple]  # (k, v, anchors, scale) -> out, M2, s
+BackwardImpl = Callable[..., Triple]  # (g, k, v, anchors, M2, s, scale) -> dk, dv, d anchors
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -105,21 +106,21 @@ class FusedAnchorFunction(torch.autograd.Function):
     """out = fused anchor attention; saves only k, v, anchors, M2 (m×d) and s (m) per head."""
 
     @staticmethod
-    def forward(ctx, k, v, anchors, scale: float, chunk: int, forward_impl: ForwardImpl):
+    def forward(ctx, k, v, anchors, scale: float, forward_impl: ForwardImpl, backward_impl: BackwardImpl):
         out, m2, s = forward_impl(k, v, anchors, scale)
         ctx.save_for_backward(k, v, anchors, m2, s)
-        ctx.scale, ctx.chunk = scale, chunk
+        ctx.scale, ctx.backward_impl = scale, backward_impl
         return out
 
     @staticmethod
     def backward(ctx, g):
         k, v, anchors, m2, s = ctx.saved_tensors
-        dk, dv, du = chunked_backward(g.contiguous(), k, v, anchors, m2, s, ctx.scale, ctx.chunk)
-        return dk, dv, du, None, None, None
+        dk, dv, du = ctx.backward_impl(g.contiguous(), k, v, anchors, m2, s, ctx.scale)
+        return dk, dv, du.to(anchors.dtype), None, None, None
 
 
 def fused_anchor(k: torch.Tensor, v: torch.Tensor, anchors: torch.Tensor, scale: float,
-                 chunk: int, forward_impl: ForwardImpl) -> torch.Tensor:
+                 forward_impl: ForwardImpl, backward_impl: BackwardImpl) -> torch.Tensor:
     """Anchor attention through ``forward_impl``, differentiable when autograd needs it.
 
     anchors: (m, d), (H, m, d) or (B, H, m, d); k, v, out: (B, H, N, d).
@@ -130,7 +131,7 @@ def fused_anchor(k: torch.Tensor, v: torch.Tensor, anchors: torch.Tensor, scale:
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (k, v, anchors))
     if not needs_grad:
         return forward_impl(k, v, anchors, scale)[0]
-    return FusedAnchorFunction.apply(k, v, anchors, scale, chunk, forward_impl)
+    return FusedAnchorFunction.apply(k, v, anchors, scale, forward_impl, backward_impl)
 
 
 def _triton_reason() -> str | None:
@@ -142,33 +143,47 @@ def _triton_reason() -> str | None:
 
 
 @register("fused-anchor", family="anchor", budget="m", uses_query=False,
-          defaults={"m": 30, "chunk": 512, "deterministic": True},
+          defaults={"m": 30, "chunk": 512, "deterministic": True, "backward": "auto"},
           description="anchor attention, two fused passes, A never stored (Triton on CUDA, chunked on CPU)")
 class FusedAnchor(AnchorAttention):
-    """Same parameters and anchors as ``anchor`` (same seed, same values); ``chunk`` is the CPU
-    token chunk, ``deterministic=False`` lets the CUDA kernel reduce with atomics."""
+    """Same parameters and anchors as ``anchor`` (same seed, same values). ``chunk``: the CPU
+    token chunk; ``deterministic=False``: the CUDA kernels reduce with atomics; ``backward``:
+    ``auto`` (Triton on CUDA, chunked PyTorch on CPU) or ``pytorch`` (chunked everywhere)."""
 
     def __init__(self, heads: int, head_dim: int, m: int = 30, shared: bool = False, seed: int = 0,
-                 chunk: int = 512, deterministic: bool = True):
+                 chunk: int = 512, deterministic: bool = True, backward: str = "auto"):
         super().__init__(heads, head_dim, m=m, shared=shared, seed=seed)
         if int(chunk) <= 0:
             raise ValueError(f"chunk must be positive, got {chunk}")
-        self.chunk = int(chunk)
-        self.deterministic = bool(deterministic)
+        if backward not in ("auto", "pytorch"):
+            raise ValueError(f"backward must be auto or pytorch, got {backward!r}")
+        self.chunk, self.deterministic, self.backward_choice = int(chunk), bool(deterministic), backward
 
-    def forward_impl(self, device: torch.device) -> tuple[str, ForwardImpl]:
-        """(name, forward) for tensors on ``device``: the Triton kernels on CUDA, else chunked."""
-        if device.type == "cuda":
-            from attnbench.kernels.anchor_triton import anchor_forward
+    def impls(self, device: torch.device) -> tuple[str, ForwardImpl, str, BackwardImpl]:
+        """(forward name, forward, backward name, backward) for tensors on ``device``."""
+        chunk, det = self.chunk, self.deterministic
 
-            det = self.deterministic
-            return "triton", lambda k, v, u, scale: anchor_forward(k, v, u, scale, deterministic=det)
-        chunk = self.chunk
-        return "pytorch-chunked", lambda k, v, u, scale: chunked_forward(k, v, u, scale, chunk)
+        def cpu_bwd(g, k, v, u, m2, s, scale):
+            return chunked_backward(g, k, v, u, m2, s, scale, chunk)
+
+        if device.type != "cuda":
+            return ("pytorch-chunked", lambda k, v, u, scale: chunked_forward(k, v, u, scale, chunk),
+                    "pytorch-chunked", cpu_bwd)
+        from attnbench.kernels.anchor_triton import anchor_backward, anchor_forward
+
+        def fwd(k, v, u, scale):
+            return anchor_forward(k, v, u, scale, deterministic=det)
+
+        def triton_bwd(g, k, v, u, m2, s, scale):
+            return anchor_backward(g, k, v, u, m2, s, scale, deterministic=det)
+
+        if self.backward_choice == "pytorch":
+            return "triton", fwd, "pytorch-chunked", cpu_bwd
+        return "triton", fwd, "triton", triton_bwd
 
     def forward(self, q, k, v, grid=None):
-        _, impl = self.forward_impl(k.device)
-        return fused_anchor(k, v, self.anchors.to(dtype=k.dtype), self.scale, self.chunk, impl)
+        _, fwd, _, bwd = self.impls(k.device)
+        return fused_anchor(k, v, self.anchors.to(dtype=k.dtype), self.scale, fwd, bwd)
 
     def macs(self, batch, n, grid=None):
         return 4 * batch * self.heads * n * self.m * self.head_dim  # logits twice, Aᵀv, A·M2
@@ -181,10 +196,12 @@ class FusedAnchor(AnchorAttention):
         return _triton_reason()
 
     def backend_info(self, q, k, v, grid=None) -> dict[str, Any]:
-        name, _ = self.forward_impl(k.device)
-        info: dict[str, Any] = {"forward": name, "backward": "pytorch-chunked", "chunk": self.chunk}
-        if name == "triton":
+        fwd_name, _, bwd_name, _ = self.impls(k.device)
+        info: dict[str, Any] = {"forward": fwd_name, "backward": bwd_name}
+        if fwd_name == "triton":
             from attnbench.kernels.anchor_triton import tuned_configs
 
             info.update(deterministic=self.deterministic, triton_configs=tuned_configs())
+        else:
+            info["chunk"] = self.chunk
         return info
