@@ -120,6 +120,8 @@ def _device_peaks(device: str, dtype: str) -> tuple[tuple[str, Any], ...]:
             peaks.update(measure())
         except Exception as exc:  # a failed probe leaves null fractions with the reason
             peaks[f"{name}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    if device == "cuda":
+        torch.cuda.empty_cache()  # hand the probe buffers back before the measured rows
     return tuple(peaks.items())
 
 
