@@ -129,14 +129,17 @@ def env_cmd(device: str | None) -> None:
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=float,
               help="A first call slower than this many seconds gives a timeout row.")
 @click.option("--no-flops", is_flag=True, help="Skip the fvcore and FlopCounterMode counts.")
+@click.option("--cuda-graphs", is_flag=True, help="Time replays of the call captured in a CUDA graph.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_dim, mode, workload,
-              seed, param_items, out, min_run_time, timeout_s, no_flops, quiet) -> None:
+              seed, param_items, out, min_run_time, timeout_s, no_flops, cuda_graphs, quiet) -> None:
     """Measure every method over token counts and budgets into OUT/rows.jsonl."""
     from attnbench.measure.timing import TimingConfig
     from attnbench.sweep import run_sweep
 
     device = check_device(device or best_device())
+    if cuda_graphs and device != "cuda":
+        raise BadInput("--cuda-graphs needs --device cuda")
     dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
     if dtype not in DTYPES:
         raise BadInput(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
@@ -155,7 +158,7 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
         ns=tuple(ns), ms=tuple(ms), methods=methods, device=device, dtype=dtype, batch=batch,
         heads=heads, head_dim=head_dim, mode=mode, workload=workload, seed=seed,
         out=Path(out or f"results/sweep-{device}"), params=params,
-        timing=TimingConfig(cpu_min_run_time_s=min_run_time, timeout_s=timeout_s),
+        timing=TimingConfig(cpu_min_run_time_s=min_run_time, timeout_s=timeout_s, cuda_graphs=cuda_graphs),
         count_flops=not no_flops,
     )
     if any(registry.get_info(mm).budget for mm in methods) and not ms:
@@ -166,6 +169,40 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"
     click.echo(f"{summary.written} rows written to {summary.out / 'rows.jsonl'} ({counts}); "
                f"{summary.skipped_existing} already measured")
+
+
+@cli.command("profile")
+@plugin_option
+@click.option("--method", required=True, help="Registered method name.")
+@click.option("--n", type=int, required=True, help="Token count.")
+@click.option("--m", type=int, default=None, help="Budget (anchors, landmarks...); default: the method's.")
+@click.option("--device", default=None, help="cpu or cuda (default: best present).")
+@click.option("--dtype", default=None, help="float32|float16|bfloat16 (default float32 on CPU, bfloat16 on CUDA).")
+@click.option("--mode", default="fwd", show_default=True, help="fwd or fwdbwd.")
+@click.option("--batch", default=1, show_default=True, type=int)
+@click.option("--heads", default=6, show_default=True, type=int)
+@click.option("--head-dim", default=64, show_default=True, type=int)
+@click.option("--active", default=5, show_default=True, type=int, help="Profiled calls.")
+@click.option("--top", default=15, show_default=True, type=int, help="Lines in the table.")
+@click.option("--out", default=None, help="Output folder (default results/profile-METHOD-nN-DEVICE).")
+def profile_cmd(method, n, m, device, dtype, mode, batch, heads, head_dim, active, top, out) -> None:
+    """torch.profiler trace (trace.json) and top kernels/operators table of one configuration."""
+    from attnbench.profiling import ProfileConfig, ProfileError, markdown, run_profile, timing_line
+
+    device = check_device(device or best_device())
+    cfg = ProfileConfig(method=method, n=n, m=m, device=device, dtype=dtype or ("bfloat16" if device == "cuda" else "float32"),
+                        mode=mode, batch=batch, heads=heads, head_dim=head_dim, active=active, top=top,
+                        out=Path(out or f"results/profile-{method}-n{n}-{device}"))
+    try:
+        summary = run_profile(cfg)
+    except (ProfileError, WorkloadError) as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(f"{method} n={n} {summary['config']['dtype']} {mode} on {summary['device_name']}: "
+               f"top {summary['level']} over {active} calls, times per call")
+    click.echo(markdown(summary["table"]))
+    if timing_line(summary["timing"]):
+        click.echo(timing_line(summary["timing"]))
+    click.echo(f"trace: {cfg.out / 'trace.json'} (open in https://ui.perfetto.dev); table: {cfg.out / 'top_ops.csv'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from attnbench.measure.error import ExactReference, error_metrics, exact_referen
 from attnbench.measure.flops import fvcore_macs, torch_flops
 from attnbench.measure.memory import peak_memory
 from attnbench.measure.roofline import ROOFLINE_FIELDS, device_peaks, roofline_columns
+from attnbench.measure.telemetry import null_telemetry
 from attnbench.measure.timing import CallTimeout, TimingConfig, time_fn, timing_config_dict
 from attnbench.results import RowsFileError, read_rows
 from attnbench.workloads import Workload, make_workload
@@ -164,6 +165,7 @@ def base_row(cfg: SweepConfig, p: Point) -> dict[str, Any]:
         "fvcore_uncounted_ops": None, "flop_notes": None,
         "err_rel_fro": None, "err_max_abs": None, "err_cos_mean": None, "out_finite": None,
         "attn_entropy_ratio": None, "workload_params": None, "impl": {},
+        **null_telemetry("not timed"),
         **dict.fromkeys(ROOFLINE_FIELDS),
     }
 

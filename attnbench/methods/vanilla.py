@@ -35,7 +35,7 @@ class VanillaMath(AttentionMethod):
         return _exact_macs(batch, self.heads, n, self.head_dim)
 
     def workspace_bytes(self, batch, n, dtype_bytes):
-        return 3 * batch * self.heads * n * n * dtype_bytes
+        return 2 * batch * self.heads * n * n * dtype_bytes  # logits and probabilities
 
 
 @register("vanilla-sdpa", family="vanilla", description="torch scaled_dot_product_attention")
