@@ -70,10 +70,13 @@ def test_triton_kernel_matches_anchor_float32(interp, n, m, d, b, h):
 
 
 def test_triton_kernel_atomic_shared_and_explicit_splits(interp):
-    """Atomics instead of per-split partials, one anchor set for all heads (stride 0), and token
-    ranges that leave masked tails in both passes (700 = 2·256 + 188 = 384 + 316)."""
+    """Atomics instead of per-split partials, one anchor set for all heads (stride 0), k and v
+    laid out (B, N, H, d) and seen through a transpose, and token ranges that leave masked tails
+    in both passes (700 = 2·256 + 188 = 384 + 316)."""
     k, v, u = make_inputs(1, 2, 700, 32, 30, seed=5, shared=True)
-    out = poisoned(k)
+    k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (k, v))  # (B, H, N, d) views
+    assert not k.is_contiguous()
+    out = poisoned(k.contiguous())
     interp.anchor_forward(k, v, u, 32 ** -0.5, deterministic=False, tokens_per_split=256,
                           tokens_per_prog=384, out=out)
     assert torch.isfinite(out).all()
