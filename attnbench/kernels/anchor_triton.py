@@ -1,4 +1,4 @@
-"""Fused anchor attention forward in Triton: two passes over token tiles, A never stored.
+"""Fused anchor attention in Triton, forward and backward: passes over token tiles, A never stored.
 
 Per (batch, head), with U the m anchors and K, V the N keys and values (see methods/anchor.py):
 A = softmax over anchors of K Uᵀ/√d (N×m), M1 = Aᵀ V (m×d), s = Aᵀ 1 (m), M2 = M1 / s,
@@ -13,6 +13,9 @@ out = A M2.
   and s.
 * pass 2 (``_anchor_pass2``): recomputes each tile's A and writes out = A M2. Heads are
   visited in reverse order, so the keys pass 1 read last are still in L2 when pass 2 starts.
+* backward (``anchor_backward``): pass 1 and the reduction on (k, dout) give dM1 = Δ⁻¹ Aᵀ dout;
+  ``_anchor_bwd`` recomputes each tile's A and writes dk, dv and per-split partials of
+  d anchors, summed in split order.
 
 m is padded to M_PAD (a power of two >= 16) and d to D_PAD the same way; padded anchors get
 logit -inf (weight 0), padded features are loaded as 0 and never stored. Token tails are
