@@ -24,6 +24,7 @@ from attnbench.measure.env import collect_env
 from attnbench.measure.error import ExactReference, error_metrics, exact_reference
 from attnbench.measure.flops import fvcore_macs, torch_flops
 from attnbench.measure.memory import peak_memory
+from attnbench.measure.roofline import ROOFLINE_FIELDS, device_peaks, roofline_columns
 from attnbench.measure.telemetry import null_telemetry
 from attnbench.measure.timing import CallTimeout, TimingConfig, time_fn, timing_config_dict
 from attnbench.methods.uniform import uniform_attention
@@ -174,6 +175,7 @@ def base_row(cfg: SweepConfig, p: Point) -> dict[str, Any]:
         **null_telemetry("not timed"),
         "fit": cfg.fit, "fit_info": None, "fit_time_s": None, "err_uniform_rel_fro": None, "err_skill": None,
         "attn_kl_mean": None, "attn_tv_mean": None, "attn_map_reason": None,
+        **dict.fromkeys(ROOFLINE_FIELDS),
     }
 
 
@@ -383,6 +385,7 @@ def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = 
     summary = SweepSummary(out=cfg.out, notes=notes)
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     env = collect_env(cfg.device, cfg.seed)
+    env["roofline"] = device_peaks(cfg.device, cfg.dtype)
     _record_invocation(cfg, run_id, argv, env)
     points = expand_grid(cfg)
     todo = [p for p in points if row_key(base_row(cfg, p)) not in done]
@@ -405,6 +408,7 @@ def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = 
             if bar is not None:
                 bar.set_description(f"{p.method} n={p.n}" + (f" m={p.m}" if p.m is not None else ""))
             row = measure_point(cfg, p, wl, ref, extra)
+            row.update(roofline_columns(row, registry.get_info(p.method).uses_query, env["roofline"]))
             row.update(run_id=run_id, env=env,
                        timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             writer.append(row)

@@ -1,5 +1,14 @@
-import pytest
+import os
+
 import torch
+
+# Without a GPU, Triton kernels run under triton's interpreter on CPU tensors. triton reads the
+# flag when it is first imported (its own library kernels are decorated then), so it is set here,
+# before any test module imports triton (torch.profiler and torch.utils.flop_counter do).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 def rand_qkv(batch, heads, n, head_dim, seed=0, dtype=torch.float32, scale=1.0):

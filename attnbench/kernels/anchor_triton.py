@@ -1,0 +1,377 @@
+"""Fused anchor attention in Triton, forward and backward: passes over token tiles, A never stored.
+
+Per (batch, head), with U the m anchors and K, V the N keys and values (see methods/anchor.py):
+A = softmax over anchors of K Uᵀ/√d (N×m), M1 = Aᵀ V (m×d), s = Aᵀ 1 (m), M2 = M1 / s,
+out = A M2.
+
+* pass 1 (``_anchor_pass1``): each program walks a contiguous range of tokens ("split") in
+  tiles of BLOCK_N, recomputes the tile's A in registers and accumulates the split's partial
+  M1 and s in float32; the partials are written to a (BH, splits, M_PAD, D_PAD) buffer.
+  With ``deterministic=False`` they are added atomically into one slot instead.
+* reduce (``_anchor_reduce``): one program per (batch, head) sums the partials in split order
+  (a fixed order, so results are bit-reproducible) and writes M2 = M1 / s (0 where s == 0)
+  and s.
+* pass 2 (``_anchor_pass2``): recomputes each tile's A and writes out = A M2. Heads are
+  visited in reverse order, so the keys pass 1 read last are still in L2 when pass 2 starts.
+* backward (``anchor_backward``): pass 1 and the reduction on (k, dout) give dM1 = Δ⁻¹ Aᵀ dout;
+  ``_anchor_bwd`` recomputes each tile's A and writes dk, dv and per-split partials of
+  d anchors, summed in split order.
+
+m is padded to M_PAD (a power of two >= 16) and d to D_PAD the same way; padded anchors get
+logit -inf (weight 0), padded features are loaded as 0 and never stored. Token tails are
+masked. Accumulation is float32 for every input dtype; float32 inputs use IEEE products.
+
+To run on CPU tensors, set ``TRITON_INTERPRET=1`` before triton is first imported in the
+process (triton decorates its own library functions, and this module its kernels, at import
+time; tests/conftest.py does this on machines without a GPU). Interpreted, a single
+configuration is used instead of autotuning.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = bool(triton.knobs.runtime.interpret)
+SPLIT_ALIGN = 128  # token ranges per program are multiples of this (>= every BLOCK_N)
+LOG2E = 1.4426950408889634
+
+
+def _configs(stages):
+    """32-token tiles (for m, d near 128) and 64/128-token tiles with 4 or 8 warps."""
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=1)]  # few, large tiles: fast to interpret
+    return [triton.Config({"BLOCK_N": 32}, num_warps=w, num_stages=2) for w in (4, 8)] + [
+        triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bn in (64, 128) for w in (4, 8) for s in stages]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles whose (BLOCK_N × M_PAD) logits plus (M_PAD × D_PAD) accumulator exceed 4096
+    float32 values a warp (128 registers a thread), where they would spill."""
+    m_pad, d_pad = kwargs.get("M_PAD", 16), kwargs.get("D_PAD", 16)
+    keep = [c for c in configs
+            if (c.kwargs["BLOCK_N"] * m_pad + m_pad * d_pad) <= 4096 * c.num_warps]
+    return keep or configs[:1]
+
+
+# Hopper: ten configurations a kernel (fewer after pruning for m, d near 128), so that the
+# first call, which compiles and times them all, stays well under a minute.
+PASS1_CONFIGS = _configs((2, 3))
+PASS2_CONFIGS = _configs((2, 3))
+BWD_CONFIGS = _configs((2, 3))
+TUNE_KEY = ["M_PAD", "D_PAD", "N_BUCKET"]
+
+
+@triton.jit
+def _tile_weights(kt, u, qk_scale, m_mask, row_mask, PRECISION: tl.constexpr):
+    """A for one tile: (BLOCK_N, M_PAD) float32, softmax over valid anchors, zero padded rows."""
+    logits = tl.dot(kt, tl.trans(u), input_precision=PRECISION) * qk_scale  # log2 units
+    logits = tl.where(m_mask[None, :], logits, float("-inf"))
+    p = tl.exp2(logits - tl.max(logits, axis=1)[:, None])
+    a = p / tl.sum(p, axis=1)[:, None]
+    return tl.where(row_mask[:, None], a, 0.0)
+
+
+@triton.jit
+def _load_anchors(u_ptr, b, h, s_ub, s_uh, s_um, s_ud, offs_m, offs_d, m_mask, d_mask):
+    ptrs = u_ptr + b * s_ub + h * s_uh + offs_m[:, None] * s_um + offs_d[None, :] * s_ud
+    return tl.load(ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)  # (M_PAD, D_PAD)
+
+
+@triton.autotune(configs=PASS1_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune},
+                 reset_to_zero=["part_ptr", "psum_ptr"])
+@triton.jit
+def _anchor_pass1(k_ptr, v_ptr, u_ptr, part_ptr, psum_ptr,
+                  N, H, M, D, qk_scale, tokens_per_split, n_slots,
+                  s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd, s_ub, s_uh, s_um, s_ud,
+                  N_BUCKET, M_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                  ATOMIC: tl.constexpr, PRECISION: tl.constexpr):
+    split = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = tl.arange(0, M_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    d_mask = offs_d < D
+    u = _load_anchors(u_ptr, b, h, s_ub, s_uh, s_um, s_ud, offs_m, offs_d, m_mask, d_mask)
+    k_base = k_ptr + b * s_kb + h * s_kh
+    v_base = v_ptr + b * s_vb + h * s_vh
+    acc = tl.zeros((M_PAD, D_PAD), dtype=tl.float32)
+    colsum = tl.zeros((M_PAD,), dtype=tl.float32)
+    lo = split * tokens_per_split
+    hi = tl.minimum(lo + tokens_per_split, N)
+    for start in range(lo, hi, BLOCK_N):
+        rows = start + offs_n
+        row_mask = rows < hi
+        tile_mask = row_mask[:, None] & d_mask[None, :]
+        kt = tl.load(k_base + rows[:, None] * s_kn + offs_d[None, :] * s_kd, mask=tile_mask, other=0.0)
+        vt = tl.load(v_base + rows[:, None] * s_vn + offs_d[None, :] * s_vd, mask=tile_mask, other=0.0)
+        a = _tile_weights(kt, u, qk_scale, m_mask, row_mask, PRECISION)
+        acc += tl.dot(tl.trans(a.to(vt.dtype)), vt, input_precision=PRECISION)
+        colsum += tl.sum(a, axis=0)
+    slot = bh.to(tl.int64) * n_slots
+    if not ATOMIC:
+        slot += split
+    part = part_ptr + slot * (M_PAD * D_PAD) + offs_m[:, None] * D_PAD + offs_d[None, :]
+    psum = psum_ptr + slot * M_PAD + offs_m
+    if ATOMIC:
+        tl.atomic_add(part, acc)
+        tl.atomic_add(psum, colsum)
+    else:
+        tl.store(part, acc)
+        tl.store(psum, colsum)
+
+
+@triton.jit
+def _anchor_reduce(part_ptr, psum_ptr, m2_ptr, s_ptr, n_slots,
+                   M_PAD: tl.constexpr, D_PAD: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    offs_m = tl.arange(0, M_PAD)
+    offs_md = offs_m[:, None] * D_PAD + tl.arange(0, D_PAD)[None, :]
+    acc = tl.zeros((M_PAD, D_PAD), dtype=tl.float32)
+    colsum = tl.zeros((M_PAD,), dtype=tl.float32)
+    for i in range(0, n_slots):  # fixed order: deterministic
+        slot = bh * n_slots + i
+        acc += tl.load(part_ptr + slot * (M_PAD * D_PAD) + offs_md)
+        colsum += tl.load(psum_ptr + slot * M_PAD + offs_m)
+    safe = tl.where(colsum > 0, colsum, 1.0)
+    m2 = tl.where(colsum[:, None] > 0, acc / safe[:, None], 0.0)  # empty column -> 0, never inf/NaN
+    tl.store(m2_ptr + bh * (M_PAD * D_PAD) + offs_md, m2)
+    tl.store(s_ptr + bh * M_PAD + offs_m, colsum)
+
+
+@triton.autotune(configs=PASS2_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _anchor_pass2(k_ptr, u_ptr, m2_ptr, o_ptr,
+                  N, H, BH, M, D, qk_scale, tokens_per_prog,
+                  s_kb, s_kh, s_kn, s_kd, s_ub, s_uh, s_um, s_ud, s_ob, s_oh, s_on, s_od,
+                  N_BUCKET, M_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    part = tl.program_id(0)
+    bh = BH - 1 - tl.program_id(1)  # reverse head order: reuse the keys pass 1 left in L2
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = tl.arange(0, M_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    d_mask = offs_d < D
+    u = _load_anchors(u_ptr, b, h, s_ub, s_uh, s_um, s_ud, offs_m, offs_d, m_mask, d_mask)
+    m2 = tl.load(m2_ptr + bh.to(tl.int64) * (M_PAD * D_PAD) + offs_m[:, None] * D_PAD + offs_d[None, :])
+    m2 = m2.to(u.dtype)  # float32 stays float32; 16-bit inputs use tensor-core products
+    k_base = k_ptr + b * s_kb + h * s_kh
+    o_base = o_ptr + b * s_ob + h * s_oh
+    lo = part * tokens_per_prog
+    hi = tl.minimum(lo + tokens_per_prog, N)
+    for start in range(lo, hi, BLOCK_N):
+        rows = start + offs_n
+        row_mask = rows < hi
+        tile_mask = row_mask[:, None] & d_mask[None, :]
+        kt = tl.load(k_base + rows[:, None] * s_kn + offs_d[None, :] * s_kd, mask=tile_mask, other=0.0)
+        a = _tile_weights(kt, u, qk_scale, m_mask, row_mask, PRECISION)
+        o = tl.dot(a.to(m2.dtype), m2, input_precision=PRECISION)  # (BLOCK_N, D_PAD) float32
+        tl.store(o_base + rows[:, None] * s_on + offs_d[None, :] * s_od,
+                 o.to(o_ptr.dtype.element_ty), mask=tile_mask)
+
+
+@triton.autotune(configs=BWD_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _anchor_bwd(g_ptr, k_ptr, v_ptr, u_ptr, m2_ptr, dm1_ptr, ds_ptr, dk_ptr, dv_ptr, du_ptr,
+                N, H, M, D, scale, tokens_per_split,
+                s_gb, s_gh, s_gn, s_gd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
+                s_ub, s_uh, s_um, s_ud, s_dkb, s_dkh, s_dkn, s_dkd, s_dvb, s_dvh, s_dvn, s_dvd,
+                N_BUCKET, M_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """Per tile: dA = g M2ᵀ + v dM1ᵀ + ds, dL = A ⊙ (dA − rowsum(A ⊙ dA)), dk = dL U/√d,
+    dv = A dM1, and this split's partial of d anchors = Σ dLᵀ k/√d."""
+    split = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = tl.arange(0, M_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    d_mask = offs_d < D
+    u = _load_anchors(u_ptr, b, h, s_ub, s_uh, s_um, s_ud, offs_m, offs_d, m_mask, d_mask)
+    md = bh.to(tl.int64) * (M_PAD * D_PAD) + offs_m[:, None] * D_PAD + offs_d[None, :]
+    m2 = tl.load(m2_ptr + md).to(u.dtype)                                 # (M_PAD, D_PAD)
+    dm1 = tl.load(dm1_ptr + md).to(u.dtype)
+    ds = tl.load(ds_ptr + bh.to(tl.int64) * M_PAD + offs_m)                # (M_PAD,) float32
+    du = tl.zeros((M_PAD, D_PAD), dtype=tl.float32)
+    lo = split * tokens_per_split
+    hi = tl.minimum(lo + tokens_per_split, N)
+    for start in range(lo, hi, BLOCK_N):
+        rows = start + offs_n
+        row_mask = rows < hi
+        tile_mask = row_mask[:, None] & d_mask[None, :]
+        tile = rows[:, None] * s_kn + offs_d[None, :] * s_kd
+        kt = tl.load(k_ptr + b * s_kb + h * s_kh + tile, mask=tile_mask, other=0.0)
+        gt = tl.load(g_ptr + b * s_gb + h * s_gh + rows[:, None] * s_gn + offs_d[None, :] * s_gd,
+                     mask=tile_mask, other=0.0)
+        vt = tl.load(v_ptr + b * s_vb + h * s_vh + rows[:, None] * s_vn + offs_d[None, :] * s_vd,
+                     mask=tile_mask, other=0.0)
+        a = _tile_weights(kt, u, scale * 1.4426950408889634, m_mask, row_mask, PRECISION)
+        da = tl.dot(gt, tl.trans(m2), input_precision=PRECISION) \
+            + tl.dot(vt, tl.trans(dm1), input_precision=PRECISION) + ds[None, :]
+        dl = a * (da - tl.sum(a * da, axis=1)[:, None]) * scale          # (BLOCK_N, M_PAD)
+        dk = tl.dot(dl.to(u.dtype), u, input_precision=PRECISION)
+        dv = tl.dot(a.to(u.dtype), dm1, input_precision=PRECISION)
+        du += tl.dot(tl.trans(dl.to(u.dtype)), kt, input_precision=PRECISION)
+        tl.store(dk_ptr + b * s_dkb + h * s_dkh + rows[:, None] * s_dkn + offs_d[None, :] * s_dkd,
+                 dk.to(dk_ptr.dtype.element_ty), mask=tile_mask)
+        tl.store(dv_ptr + b * s_dvb + h * s_dvh + rows[:, None] * s_dvn + offs_d[None, :] * s_dvd,
+                 dv.to(dv_ptr.dtype.element_ty), mask=tile_mask)
+    slot = bh.to(tl.int64) * tl.num_programs(0) + split
+    tl.store(du_ptr + slot * (M_PAD * D_PAD) + offs_m[:, None] * D_PAD + offs_d[None, :], du)
+
+
+def pad_pow2(x: int, least: int = 16) -> int:
+    """The smallest power of two >= max(x, least)."""
+    return max(least, 1 << max(0, int(x) - 1).bit_length())
+
+
+def _tokens_per_program(n: int, bh: int, programs: int) -> int:
+    """Tokens per program, a multiple of SPLIT_ALIGN, giving about ``programs`` programs in all."""
+    per_head = max(1, programs // max(bh, 1))
+    tokens = triton.cdiv(n, per_head)
+    return SPLIT_ALIGN * triton.cdiv(tokens, SPLIT_ALIGN)
+
+
+def _target_programs(device: torch.device) -> tuple[int, int]:
+    """(pass 1, pass 2) program counts: a few waves over the SMs; pass 2 has no reduction."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return 4 * sms, 16 * sms
+
+
+def check_inputs(k: torch.Tensor, v: torch.Tensor, anchors: torch.Tensor) -> None:
+    """Raise ValueError on shapes or dtypes the kernels do not handle."""
+    if k.dim() != 4 or v.shape != k.shape or anchors.dim() != 4:
+        raise ValueError(f"expected k, v (B, H, N, d) and anchors (B, H, m, d), got "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}, {tuple(anchors.shape)}")
+    if k.dtype not in (torch.float32, torch.float16, torch.bfloat16) or v.dtype != k.dtype:
+        raise ValueError(f"k and v must share a dtype among float32, float16, bfloat16; got {k.dtype}, {v.dtype}")
+    if not 16 <= k.shape[-1] <= 128 or not 1 <= anchors.shape[-2] <= 128:
+        raise ValueError(f"head_dim must be 16..128 and m 1..128, got {k.shape[-1]} and {anchors.shape[-2]}")
+
+
+def _launch_shape(k: torch.Tensor, m: int, tokens: int | None, which: int) -> tuple[int, int, int, int]:
+    """(M_PAD, D_PAD, tokens per program, programs per head) for pass ``which`` (0: 1, 1: 2)."""
+    b, h, n, d = k.shape
+    per_prog = tokens or _tokens_per_program(n, b * h, _target_programs(k.device)[which])
+    if per_prog % SPLIT_ALIGN:
+        raise ValueError(f"token ranges per program must be multiples of {SPLIT_ALIGN}, got {per_prog}")
+    return pad_pow2(m), pad_pow2(d), per_prog, triton.cdiv(n, per_prog)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # "tf32" is ignored for 16-bit inputs
+
+
+def _n_bucket(n: int) -> int:
+    return max(0, n - 1).bit_length()  # autotuning key: N's magnitude
+
+
+def reduce_over_tokens(k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, scale: float,
+                       deterministic: bool = True, tokens_per_split: int | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1 and the reduction: (Δ⁻¹ Aᵀ v as (BH, M_PAD, D_PAD), s = Aᵀ 1 as (BH, M_PAD)), float32.
+
+    k, v: (B, H, N, d) (v may be any (B, H, N, d) tensor, e.g. the output gradient); u: (B, H, m, d)
+    in k's dtype. Padded rows and columns are zero.
+    """
+    b, h, n, d = k.shape
+    m = u.shape[-2]
+    m_pad, d_pad, tps, splits = _launch_shape(k, m, tokens_per_split, 0)
+    bh, slots = b * h, (splits if deterministic else 1)
+    alloc = torch.empty if deterministic else torch.zeros
+    part = alloc((bh, slots, m_pad, d_pad), dtype=torch.float32, device=k.device)
+    psum = alloc((bh, slots, m_pad), dtype=torch.float32, device=k.device)
+    _anchor_pass1[(splits, bh)](
+        k, v, u, part, psum, n, h, m, d, float(scale) * LOG2E, tps, slots,
+        *k.stride(), *v.stride(), *u.stride(),
+        _n_bucket(n), M_PAD=m_pad, D_PAD=d_pad, ATOMIC=not deterministic, PRECISION=_precision(k.dtype))
+    m2 = torch.empty((bh, m_pad, d_pad), dtype=torch.float32, device=k.device)
+    s = torch.empty((bh, m_pad), dtype=torch.float32, device=k.device)
+    _anchor_reduce[(bh,)](part, psum, m2, s, slots, M_PAD=m_pad, D_PAD=d_pad, num_warps=8)
+    return m2, s
+
+
+def anchor_forward(k: torch.Tensor, v: torch.Tensor, anchors: torch.Tensor, scale: float, *,
+                   deterministic: bool = True, tokens_per_split: int | None = None,
+                   tokens_per_prog: int | None = None,
+                   out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused anchor attention forward.
+
+    k, v: (B, H, N, d); anchors: (B, H, m, d) (an expanded view is fine), any strides.
+    Returns out (B, H, N, d) in k's dtype, M2 = Δ⁻¹ Aᵀ v (B, H, m, d) float32 and the column
+    sums s = Aᵀ 1 (B, H, m) float32 (the last two are what the backward pass needs).
+    ``tokens_per_split`` / ``tokens_per_prog`` (multiples of 128) override the automatic
+    split of the token axis in pass 1 / pass 2. ``out`` (B, H, N, d), if given, is written in
+    place and returned.
+    """
+    check_inputs(k, v, anchors)
+    u = anchors.to(k.dtype)
+    b, h, n, d = k.shape
+    m = u.shape[-2]
+    m2, s = reduce_over_tokens(k, v, u, scale, deterministic, tokens_per_split)
+    m_pad, d_pad, tpp, progs = _launch_shape(k, m, tokens_per_prog, 1)
+    if out is None:
+        out = torch.empty((b, h, n, d), dtype=k.dtype, device=k.device)
+    elif out.shape != k.shape or out.dtype != k.dtype or out.device != k.device:
+        raise ValueError(f"out must be {tuple(k.shape)} {k.dtype} on {k.device}")
+    _anchor_pass2[(progs, b * h)](
+        k, u, m2, out, n, h, b * h, m, d, float(scale) * LOG2E, tpp,
+        *k.stride(), *u.stride(), *out.stride(),
+        _n_bucket(n), M_PAD=m_pad, D_PAD=d_pad, PRECISION=_precision(k.dtype))
+    m2 = m2.view(b, h, m_pad, d_pad)[:, :, :m, :d]
+    return out, m2, s.view(b, h, m_pad)[:, :, :m]
+
+
+def _pad_to(x: torch.Tensor, m_pad: int, d_pad: int) -> torch.Tensor:
+    """(B, H, m, d) -> zero-padded contiguous (B·H, M_PAD, D_PAD) float32."""
+    b, h, m, d = x.shape
+    out = torch.zeros((b, h, m_pad, d_pad), dtype=torch.float32, device=x.device)
+    out[:, :, :m, :d] = x
+    return out.view(b * h, m_pad, d_pad)
+
+
+def anchor_backward(g: torch.Tensor, k: torch.Tensor, v: torch.Tensor, anchors: torch.Tensor,
+                    m2: torch.Tensor, s: torch.Tensor, scale: float, *, deterministic: bool = True,
+                    tokens_per_split: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dk, dv, d anchors) of the forward above, A recomputed per tile.
+
+    g, k, v: (B, H, N, d); anchors: (B, H, m, d); m2 (B, H, m, d) and s (B, H, m) as returned by
+    ``anchor_forward``. Pass 1 (the forward's kernels on (k, g)) gives dM1 = Δ⁻¹ Aᵀ g; then
+    ds = -Σ_d dM1 ⊙ M2; pass 2 (``_anchor_bwd``) writes dk, dv and per-split partials of
+    d anchors, summed in split order. d anchors is (B, H, m, d) float32.
+    """
+    check_inputs(k, v, anchors)
+    u = anchors.to(k.dtype)
+    b, h, n, d = k.shape
+    m = u.shape[-2]
+    dm1, _ = reduce_over_tokens(k, g, u, scale, deterministic, tokens_per_split)   # (BH, M_PAD, D_PAD)
+    m_pad, d_pad, tps, splits = _launch_shape(k, m, tokens_per_split, 0)
+    m2p = _pad_to(m2, m_pad, d_pad)
+    ds = -(dm1 * m2p).sum(-1)                                                      # (BH, M_PAD)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    du = torch.empty((b * h, splits, m_pad, d_pad), dtype=torch.float32, device=k.device)
+    _anchor_bwd[(splits, b * h)](
+        g, k, v, u, m2p, dm1, ds, dk, dv, du, n, h, m, d, float(scale), tps,
+        *g.stride(), *k.stride(), *v.stride(), *u.stride(), *dk.stride(), *dv.stride(),
+        _n_bucket(n), M_PAD=m_pad, D_PAD=d_pad, PRECISION=_precision(k.dtype))
+    du = du.sum(1).view(b, h, m_pad, d_pad)[:, :, :m, :d]   # fixed-order sum over splits
+    return dk, dv, du
+
+
+def tuned_configs() -> dict[str, str | None]:
+    """The configurations autotuning picked last (None before the first launch)."""
+    def show(kernel):
+        cfg = getattr(kernel, "best_config", None)
+        return None if cfg is None else str(cfg)
+    return {"pass1": show(_anchor_pass1), "pass2": show(_anchor_pass2), "backward": show(_anchor_bwd)}
+
+
