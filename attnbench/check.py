@@ -76,7 +76,8 @@ class Settings:
     workload: str = "gaussian"
     seed: int = 0
     repeats: int = 15          # interleaved repetitions per configuration
-    block_ms: float = 20.0     # CPU: each repetition times calls for at least this many ms
+    block_ms: float = 20.0     # CPU: each repetition times calls for at least this many ms,
+    parts: int = 5             #   split into this many runs of which the fastest counts
     threads: int = 1           # CPU: torch intra-op threads while measuring
 
 
@@ -89,7 +90,7 @@ def _suite(methods: Iterable[tuple[str, bool]], ns: Iterable[int], m: int) -> tu
 SUITE_METHODS = (("vanilla-math", True), ("vanilla-sdpa", True), ("anchor", False), ("anchor-select", False))
 CUDA_SUITE_METHODS = SUITE_METHODS + (("vanilla-xformers", True),)
 DEFAULT_SUITES = {
-    "cpu": (_suite(SUITE_METHODS, (196, 1024), 30), Settings()),
+    "cpu": (_suite(SUITE_METHODS, (196, 576), 30), Settings()),
     "cuda": (_suite(CUDA_SUITE_METHODS, (1024, 4096, 16384), 64),
              Settings(device="cuda", dtype="bfloat16", batch=4, repeats=10)),
 }
@@ -274,7 +275,7 @@ def calls_per_block(fn: Callable[[], Any], block_ms: float) -> int:
     return max(1, math.ceil(block_ms / max(one_ms, 1e-3)))
 
 
-def time_block(fn: Callable[[], Any], number: int, parts: int = 3) -> float:
+def time_block(fn: Callable[[], Any], number: int, parts: int) -> float:
     """Milliseconds per call: the fastest of ``parts`` runs of ``number`` back-to-back calls.
 
     Another process can only add time, so the minimum discards the runs it interrupted.
@@ -292,14 +293,15 @@ def measure_cpu(items: list[Measured], refs: dict[int, Callable[[], Any]], s: Se
     """Interleaved repetitions: each times every token count's reference and every item once,
     in a rotating order; an item's sample is its time divided by its reference's in the same
     repetition. One unrecorded repetition warms everything up first."""
-    slots: list[tuple[Any, Callable[[], Any], int]] = [(n, fn, calls_per_block(fn, s.block_ms / 3))
+    part_ms = s.block_ms / s.parts
+    slots: list[tuple[Any, Callable[[], Any], int]] = [(n, fn, calls_per_block(fn, part_ms))
                                                        for n, fn in refs.items()]
-    slots += [(id(it), it.call, calls_per_block(it.call, s.block_ms / 3)) for it in items]
+    slots += [(id(it), it.call, calls_per_block(it.call, part_ms)) for it in items]
     for it in items:
         it.samples, it.latency_ms = [], []
     for r in range(s.repeats + 1):
         shift = r % len(slots)
-        times = {key: time_block(fn, number) for key, fn, number in slots[shift:] + slots[:shift]}
+        times = {key: time_block(fn, number, s.parts) for key, fn, number in slots[shift:] + slots[:shift]}
         for it in items if r else ():
             it.latency_ms.append(times[id(it)])
             it.samples.append(times[id(it)] / times[it.entry.n])
