@@ -6,9 +6,9 @@ baseline stored under ``baselines/ci/<device-class>.json``.
 * Correctness first: every configuration's error against float64 exact attention must stay
   within its tolerance, or the check fails whatever the speed.
 * CPU speed is measured as a ratio to plain softmax attention at the same token count, timed
-  in the same process and interleaved with the configurations (each repetition times every
-  reference and every configuration once, in a rotating order), so the gate does not depend on
-  how fast the machine is today. On a GPU the per-repetition medians (milliseconds) are compared directly, and the
+  in the same process in alternation with each configuration (every repetition visits every
+  configuration once, in a rotating order), so the gate does not depend on how fast the machine
+  is today. On a GPU the per-repetition medians (milliseconds) are compared directly, and the
   baseline is keyed by the device name.
 * A configuration regresses only when the 95% bootstrap interval of (median now / median in
   the baseline) lies entirely above ``1 + tolerance``; a configuration that looks slower is
@@ -76,8 +76,9 @@ class Settings:
     workload: str = "gaussian"
     seed: int = 0
     repeats: int = 15          # interleaved repetitions per configuration
-    block_ms: float = 20.0     # CPU: each repetition times calls for at least this many ms,
-    parts: int = 5             #   split into this many runs of which the fastest counts
+    block_ms: float = 20.0     # CPU: each repetition times calls of a configuration (and as many of
+    parts: int = 5             #   its reference) for at least this many ms, split into this many
+                               #   alternating runs of which the fastest counts
     threads: int = 1           # CPU: torch intra-op threads while measuring
 
 
@@ -275,36 +276,38 @@ def calls_per_block(fn: Callable[[], Any], block_ms: float) -> int:
     return max(1, math.ceil(block_ms / max(one_ms, 1e-3)))
 
 
-def time_block(fn: Callable[[], Any], number: int, parts: int) -> float:
-    """Milliseconds per call: the fastest of ``parts`` runs of ``number`` back-to-back calls.
-
-    Another process can only add time, so the minimum discards the runs it interrupted.
-    """
-    best = math.inf
+def time_pair(ref: Callable[[], Any], ref_number: int, fn: Callable[[], Any], number: int,
+              parts: int) -> tuple[float, float]:
+    """Milliseconds per call of ``ref`` and ``fn``: ``parts`` alternating runs of each (ref, fn,
+    ref, fn, ...), the fastest run of each counting. Another process can only add time, so the
+    minimum discards interrupted runs, and the alternation exposes both to the same machine state."""
+    best = [math.inf, math.inf]
     for _ in range(parts):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - t0) * 1e3 / number)
-    return best
+        for i, (f, k) in enumerate(((ref, ref_number), (fn, number))):
+            t0 = time.perf_counter()
+            for _ in range(k):
+                f()
+            best[i] = min(best[i], (time.perf_counter() - t0) * 1e3 / k)
+    return best[0], best[1]
 
 
 def measure_cpu(items: list[Measured], refs: dict[int, Callable[[], Any]], s: Settings) -> None:
-    """Interleaved repetitions: each times every token count's reference and every item once,
-    in a rotating order; an item's sample is its time divided by its reference's in the same
-    repetition. One unrecorded repetition warms everything up first."""
+    """Interleaved repetitions: each visits every item once, in a rotating order, timing it in
+    alternation with the reference at its token count; the sample is the item's time divided by
+    the reference's. One unrecorded repetition warms everything up first."""
     part_ms = s.block_ms / s.parts
-    slots: list[tuple[Any, Callable[[], Any], int]] = [(n, fn, calls_per_block(fn, part_ms))
-                                                       for n, fn in refs.items()]
-    slots += [(id(it), it.call, calls_per_block(it.call, part_ms)) for it in items]
+    ref_numbers = {n: calls_per_block(fn, part_ms) for n, fn in refs.items()}
     for it in items:
+        it.number = calls_per_block(it.call, part_ms)
         it.samples, it.latency_ms = [], []
     for r in range(s.repeats + 1):
-        shift = r % len(slots)
-        times = {key: time_block(fn, number, s.parts) for key, fn, number in slots[shift:] + slots[:shift]}
-        for it in items if r else ():
-            it.latency_ms.append(times[id(it)])
-            it.samples.append(times[id(it)] / times[it.entry.n])
+        shift = r % len(items)
+        for it in items[shift:] + items[:shift]:
+            n = it.entry.n
+            ref_ms, ms = time_pair(refs[n], ref_numbers[n], it.call, it.number, s.parts)
+            if r:
+                it.latency_ms.append(ms)
+                it.samples.append(ms / ref_ms)
 
 
 def measure_cuda(items: list[Measured], s: Settings) -> None:
@@ -388,7 +391,7 @@ def speed_row(it: Measured, base: dict[str, Any], tolerance: float) -> Row:
 def compare(items: list[Measured], baseline: dict[str, Any], s: Settings, tolerance: float,
             wls: dict[int, Any]) -> list[Row]:
     """Correctness gate first; then the passing entries are timed together and compared, and
-    suspected regressions are measured again before the verdict."""
+    suspected regressions are built and measured again; the second measurement decides."""
     base = {entry_of(c).key: c for c in baseline["configs"]}
     rows: dict[str, Row] = {}
     timed = []
@@ -404,7 +407,9 @@ def compare(items: list[Measured], baseline: dict[str, Any], s: Settings, tolera
     measure_speed(timed, s, wls)
     for it in timed:
         rows[it.entry.key] = speed_row(it, base[it.entry.key], tolerance)
-    again = [it for it in timed if suspect(rows[it.entry.key].ratio, rows[it.entry.key].lo, tolerance)]
+    again = [prepare(it.entry, s, *wls[it.entry.n]) for it in timed     # fresh modules and calls
+             if suspect(rows[it.entry.key].ratio, rows[it.entry.key].lo, tolerance)]
+    again = [it for it in again if it.status == "ok"]
     if again:
         measure_speed(again, s, wls)
         for it in again:
