@@ -35,6 +35,7 @@ def plugin_option(fn: Callable) -> Callable:
                 registry.load_plugin(spec)
             except registry.PluginError as exc:
                 raise BadInput(str(exc)) from None
+        ctx.meta["attnbench.plugins"] = tuple(values or ())  # for work done in a fresh process
         return values
 
     return click.option("--plugin", "plugins", multiple=True, callback=load, expose_value=False,
@@ -201,6 +202,7 @@ def check_cmd(baseline_path, tolerance, methods_spec, update, device, repeats, n
     except SpecError as exc:
         raise BadInput(str(exc)) from None
     opts = check.CheckOptions(
+        plugins=click.get_current_context().meta.get("attnbench.plugins", ()),
         device=device, baseline=Path(baseline_path) if baseline_path else check.default_baseline_path(device),
         tolerance=tolerance, methods=resolve_methods(methods_spec, device) if methods_spec else None,
         repeats=repeats, ns=ns, m=m_value, heads=heads, head_dim=head_dim, block_ms=block_ms)
