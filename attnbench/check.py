@@ -79,6 +79,8 @@ class Settings:
     block_ms: float = 20.0     # CPU: each repetition times calls of a configuration (and as many of
     parts: int = 5             #   its reference) for at least this many ms, split into this many
                                #   alternating runs of which the fastest counts
+    processes: int = 3         # --update: repetitions are split over this many processes, so that
+                               #   the baseline holds the spread between processes too
     threads: int = 1           # CPU: torch intra-op threads while measuring
 
 
@@ -93,7 +95,7 @@ CUDA_SUITE_METHODS = SUITE_METHODS + (("vanilla-xformers", True),)
 DEFAULT_SUITES = {
     "cpu": (_suite(SUITE_METHODS, (196, 576), 30), Settings()),
     "cuda": (_suite(CUDA_SUITE_METHODS, (1024, 4096, 16384), 64),
-             Settings(device="cuda", dtype="bfloat16", batch=4, repeats=10)),
+             Settings(device="cuda", dtype="bfloat16", repeats=10, processes=1)),
 }
 
 
@@ -420,19 +422,37 @@ def remeasure(items: list[Measured], s: Settings, wls: dict[int, Any], plugins: 
     """New speed samples for ``items``, taken in a fresh process (a process can be persistently
     slow or fast at small kernels, which repetitions inside it do not reveal); in this process
     when no other can be started. Returns where the samples were taken."""
-    import concurrent.futures
-    import multiprocessing
-
     try:
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-            fresh = pool.submit(speed_samples, [it.entry for it in items], s, plugins).result()
+        fresh = in_fresh_process(items, s, plugins)
         for it in items:
             it.samples, it.latency_ms = fresh[it.entry.key]
         return "in a fresh process"
     except Exception:  # no subprocess here (or it died): fall back, and say so in the table
         measure_speed(items, s, wls)
         return "in the same process"
+
+
+def in_fresh_process(items: list[Measured], s: Settings, plugins: tuple[str, ...]) -> dict[str, tuple[list, list]]:
+    """speed_samples of the items' entries, run in a newly spawned Python process."""
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(speed_samples, [it.entry for it in items], s, plugins).result()
+
+
+def measure_for_baseline(items: list[Measured], s: Settings, wls: dict[int, Any],
+                         plugins: tuple[str, ...]) -> None:
+    """The repetitions split over ``s.processes`` processes (this one first), samples pooled."""
+    per = max(3, math.ceil(s.repeats / s.processes))
+    part = Settings(**{**asdict(s), "repeats": per})
+    measure_speed(items, part, wls)
+    for _ in range(s.processes - 1):
+        fresh = in_fresh_process(items, part, plugins)
+        for it in items:
+            it.samples += fresh[it.entry.key][0]
+            it.latency_ms += fresh[it.entry.key][1]
 
 
 def speed_samples(entries: list[SuiteEntry], s: Settings, plugins: tuple[str, ...]) -> dict[str, tuple[list, list]]:
@@ -649,7 +669,11 @@ def run_update(opts: CheckOptions, echo: Callable[[str], None], argv: list[str] 
             echo(line)
         echo(f"baseline not written: {len(problems)} configuration(s) wrong or failing")
         return 1
-    measure_speed([it for it in items if it.status == "ok"], s, wls)
+    try:
+        measure_for_baseline([it for it in items if it.status == "ok"], s, wls, opts.plugins)
+    except Exception as exc:  # a process that could not start or died: nothing is written
+        echo(f"baseline not written: measuring in a fresh process failed: {type(exc).__name__}: {exc}")
+        return 1
     new = baseline_dict(items, s, argv)
     write_json(opts.baseline, new)
     for line in baseline_diff(old, new):
