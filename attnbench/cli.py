@@ -35,6 +35,7 @@ def plugin_option(fn: Callable) -> Callable:
                 registry.load_plugin(spec)
             except registry.PluginError as exc:
                 raise BadInput(str(exc)) from None
+        ctx.meta["attnbench.plugins"] = tuple(values or ())  # for work done in a fresh process
         return values
 
     return click.option("--plugin", "plugins", multiple=True, callback=load, expose_value=False,
@@ -260,10 +261,56 @@ def report_cmd(runs, out, at_n, fit_points) -> None:
     run_report(runs, out, at_n, fit_points, BadInput)
 
 
+@cli.command("check")
+@plugin_option
+@click.option("--baseline", "baseline_path", default=None,
+              help="Baseline file (default baselines/ci/<device-class>.json).")
+@click.option("--tolerance", default=0.15, show_default=True, type=float,
+              help="Allowed slowdown, as a fraction of the baseline median.")
+@click.option("--methods", "methods_spec", default=None, help="Comma list narrowing the suite.")
+@click.option("--update", is_flag=True, help="Measure the suite and rewrite the baseline.")
+@click.option("--device", default=None, help="cpu or cuda (default: best present).")
+@click.option("--repeats", default=None, type=int, help="Interleaved repetitions (default: the baseline's).")
+@click.option("--n", "n_spec", default=None, help="With --update: token counts, a comma list.")
+@click.option("--m", "m_value", default=None, type=int, help="With --update: budget of budgeted methods.")
+@click.option("--heads", default=None, type=int, help="With --update: heads.")
+@click.option("--head-dim", default=None, type=int, help="With --update: head dim.")
+@click.option("--block-ms", default=None, type=float, help="With --update: CPU milliseconds per timed block.")
+def check_cmd(baseline_path, tolerance, methods_spec, update, device, repeats, n_spec, m_value, heads,
+              head_dim, block_ms) -> None:
+    """CI gate: correctness, then speed against the stored baseline (exit 1 on failure)."""
+    from attnbench import check
+
+    device = check_device(device or best_device())
+    if tolerance < 0 or (repeats is not None and repeats < 3):
+        raise BadInput("--tolerance must be >= 0 and --repeats >= 3")
+    shape = {"--n": n_spec, "--m": m_value, "--heads": heads, "--head-dim": head_dim, "--block-ms": block_ms}
+    if not update and any(v is not None for v in shape.values()):
+        raise BadInput(f"{', '.join(k for k, v in shape.items() if v is not None)} apply only with --update")
+    if any(v is not None and v <= 0 for v in (m_value, heads, head_dim, block_ms)):
+        raise BadInput("--m, --heads, --head-dim and --block-ms must be positive")
+    try:
+        ns = tuple(parse_n_spec(n_spec)) if n_spec else None
+    except SpecError as exc:
+        raise BadInput(str(exc)) from None
+    opts = check.CheckOptions(
+        plugins=click.get_current_context().meta.get("attnbench.plugins", ()),
+        device=device, baseline=Path(baseline_path) if baseline_path else check.default_baseline_path(device),
+        tolerance=tolerance, methods=resolve_methods(methods_spec, device) if methods_spec else None,
+        repeats=repeats, ns=ns, m=m_value, heads=heads, head_dim=head_dim, block_ms=block_ms)
+    try:
+        code = (check.run_update(opts, click.echo, ["bench.py"] + sys.argv[1:]) if update
+                else check.run_check(opts, click.echo))
+    except check.BaselineError as exc:
+        raise BadInput(str(exc)) from None
+    if code:
+        raise click.exceptions.Exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input becomes one stderr line and exit status 2."""
     try:
-        cli.main(args=argv, prog_name="bench.py", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="bench.py", standalone_mode=False)  # a raised Exit's code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -278,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted; rows measured so far are kept", err=True)
         return 130
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def entry() -> None:

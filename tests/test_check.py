@@ -1,0 +1,194 @@
+"""`bench.py check`: the correctness gate, the speed gate, and bad baselines, on a tiny suite."""
+import json
+
+import numpy as np
+import pytest
+
+from attnbench import check
+from attnbench.cli import main
+
+TINY = ["--methods", "vanilla-math,anchor", "--n", "48,80", "--m", "6", "--heads", "2", "--head-dim", "16",
+        "--repeats", "7", "--block-ms", "6"]
+
+SAME = """
+import attnbench
+from attnbench.methods.vanilla import VanillaMath
+
+@attnbench.register("vanilla-math", family="vanilla", replace=True)
+class SameMath(VanillaMath):
+    pass
+"""
+
+TRIPLE = """
+import attnbench
+from attnbench.methods.vanilla import VanillaMath
+
+@attnbench.register("vanilla-math", family="vanilla", replace=True)
+class TripleMath(VanillaMath):
+    def forward(self, q, k, v, grid=None):
+        super().forward(q, k, v)
+        super().forward(q, k, v)
+        return super().forward(q, k, v)
+"""
+
+WRONG = """
+import attnbench
+from attnbench.methods.anchor import AnchorAttention, anchor_weights
+
+@attnbench.register("anchor", family="anchor", budget="m", uses_query=False, defaults={"m": 30}, replace=True)
+class WrongAnchor(AnchorAttention):
+    def forward(self, q, k, v, grid=None):  # forgets the column normalisation by Δ
+        a = anchor_weights(self.anchors, k, self.scale)
+        return a @ (a.transpose(-1, -2) @ v)
+"""
+
+OFF_BY_SCALE = """
+import attnbench
+from attnbench.methods.vanilla import VanillaMath
+
+@attnbench.register("vanilla-math", family="vanilla", replace=True)
+class SlightlyWrongMath(VanillaMath):
+    def forward(self, q, k, v, grid=None):
+        return super().forward(q, k, v) * (1 + 1e-4)
+"""
+
+
+def run_main(args, capsys):
+    code = main(args)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ci") / "cpu.json"
+    assert main(["check", "--update", "--baseline", str(path)] + TINY) == 0
+    return path
+
+
+def plugin(tmp_path, name, text):
+    path = tmp_path / f"{name}.py"
+    path.write_text(text)
+    return str(path)
+
+
+def verdicts(stdout):
+    """{config key: verdict} parsed from the table."""
+    out = {}
+    for line in stdout.splitlines():
+        for v in ("REGRESSION", "WRONG", "ERROR", "faster", "ok", "skipped", "new"):
+            if f"  {v}" in line:
+                out[line[:30].strip()] = v
+                break
+    return out
+
+
+def test_update_writes_a_baseline_that_check_accepts(baseline, capsys):
+    data = json.loads(baseline.read_text())
+    assert data["format"] == check.FORMAT and data["device_class"] == "cpu"
+    assert data["provenance"]["date"] and data["provenance"]["env"]["torch"]
+    assert "commit" in data["provenance"]
+    assert [c["key"] for c in data["configs"]] == ["vanilla-math n=48", "vanilla-math n=80",
+                                                  "anchor n=48 m=6", "anchor n=80 m=6"]
+    assert all(len(c["samples"]) == 3 * 3 for c in data["configs"])  # 7 repeats over 3 processes
+    code, out, err = run_main(["check", "--baseline", str(baseline)], capsys)
+    assert code == 0, out + err
+    assert set(verdicts(out).values()) <= {"ok", "faster"} and len(verdicts(out)) == 4
+    assert "check passed" in out
+
+
+def test_identical_copy_passes(baseline, tmp_path, capsys, scratch_registry):
+    code, out, err = run_main(["check", "--baseline", str(baseline), "--plugin", plugin(tmp_path, "same", SAME)], capsys)
+    assert code == 0, out + err
+
+
+def test_three_times_the_work_is_a_regression(baseline, tmp_path, capsys, scratch_registry):
+    code, out, _ = run_main(["check", "--baseline", str(baseline), "--plugin", plugin(tmp_path, "triple", TRIPLE)],
+                            capsys)
+    assert code == 1, out
+    v = verdicts(out)
+    assert v["vanilla-math n=48"] == v["vanilla-math n=80"] == "REGRESSION"
+    assert "check FAILED: vanilla-math n=48 REGRESSION" in out
+    assert "measured again in a fresh process" in out
+    assert v["anchor n=48 m=6"] != "REGRESSION"
+
+
+def test_wrong_output_fails_the_correctness_gate(baseline, tmp_path, capsys, scratch_registry):
+    code, out, _ = run_main(["check", "--baseline", str(baseline), "--plugin", plugin(tmp_path, "wrong", WRONG)],
+                            capsys)
+    assert code == 1, out
+    v = verdicts(out)
+    assert v["anchor n=48 m=6"] == v["anchor n=80 m=6"] == "WRONG"
+    assert v["vanilla-math n=48"] in ("ok", "faster")
+    assert "vs exact attention" in out
+
+
+def test_wrong_exact_method_is_not_written_as_baseline(tmp_path, capsys, scratch_registry):
+    path = tmp_path / "b.json"
+    code, out, _ = run_main(["check", "--update", "--baseline", str(path),
+                             "--plugin", plugin(tmp_path, "bad", OFF_BY_SCALE)]
+                            + TINY, capsys)
+    assert code == 1 and not path.exists()
+    assert "baseline not written" in out and "vanilla-math n=48" in out
+
+
+@pytest.mark.parametrize("case", ["missing", "not-json", "wrong-format", "no-samples"])
+def test_bad_baseline_exits_2_with_one_line(case, baseline, tmp_path, capsys):
+    path = tmp_path / "cpu.json"
+    data = json.loads(baseline.read_text())
+    if case == "not-json":
+        path.write_text(baseline.read_text()[:200])
+    elif case == "wrong-format":
+        path.write_text(json.dumps({"format": "something else"}))
+    elif case == "no-samples":
+        data["configs"][1]["samples"] = []
+        path.write_text(json.dumps(data))
+    code, out, err = run_main(["check", "--baseline", str(path)], capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(path) in err
+    assert ("missing" if case == "missing" else "corrupt") in err
+
+
+def test_unregistered_method_in_baseline_is_skipped(baseline, tmp_path, capsys):
+    data = json.loads(baseline.read_text())
+    extra = dict(data["configs"][0], method="not-yet-merged", key="not-yet-merged n=48")
+    data["configs"].append(extra)
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps(data))
+    code, out, _ = run_main(["check", "--baseline", str(path), "--repeats", "3"], capsys)
+    assert code == 0, out
+    assert verdicts(out)["not-yet-merged n=48"] == "skipped" and "is not registered" in out
+    assert "check passed (1 skipped)" in out
+    code, out, _ = run_main(["check", "--baseline", str(path), "--methods", "anchor", "--repeats", "3"], capsys)
+    assert code == 0 and set(verdicts(out)) == {"anchor n=48 m=6", "anchor n=80 m=6"}
+
+
+def test_shape_options_need_update(baseline, capsys):
+    code, _, err = run_main(["check", "--baseline", str(baseline), "--n", "64"], capsys)
+    assert code == 2 and "--n apply only with --update" in err
+
+
+def test_bootstrap_interval_separates_shifted_samples():
+    rng = np.random.default_rng(1)
+    base = 1.0 + 0.05 * rng.standard_normal(15)
+    ratio, lo, hi = check.ratio_of_medians_ci(base * 1.5, base)
+    assert lo > 1.3 and hi < 1.7 and abs(ratio - 1.5) < 1e-9
+    ratio, lo, hi = check.ratio_of_medians_ci(base[::-1].copy(), base)
+    assert lo < 1 < hi
+    assert check.speed_verdict(1.5, 1.3, 1.7, 0.15) == "REGRESSION"
+    assert check.speed_verdict(1.3, 1.1, 1.5, 0.15) == "ok"      # slower, but not surely by 15%
+    assert check.speed_verdict(0.5, 0.4, 0.6, 0.15) == "faster"
+
+
+def test_exact_tolerance_is_derived_from_plain_attention_error():
+    exact = check.SuiteEntry("vanilla-math", 64, exact=True)
+    approx = check.SuiteEntry("anchor", 64, 6)
+    assert check.error_tolerance(exact, 1e-7, 0.5) == pytest.approx(check.EXACT_FACTOR * 1e-7)
+    assert check.error_tolerance(approx, 1e-7, 0.5) == pytest.approx(0.5 * (1 + check.ERR_RTOL) + 4e-7)
+    assert check.error_tolerance(approx, 1e-7, None) is None
+
+
+def test_device_class_is_a_file_name():
+    assert check.device_class("cpu") == "cpu"
+    assert check.re.sub(r"[^a-z0-9]+", "-", "NVIDIA H100 80GB HBM3".lower()) == "nvidia-h100-80gb-hbm3"
