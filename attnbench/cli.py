@@ -16,7 +16,7 @@ from attnbench.results import RowsFileError
 from attnbench.sweep import DTYPES, MODES, SpecError, SweepConfig, parse_m_spec, parse_n_spec, parse_params
 from attnbench.workloads import WorkloadError
 
-DEFAULT_N = {"cpu": "196,1024,4096", "cuda": "196..16384"}
+DEFAULT_N = {"cpu": "196,1024", "cuda": "196..16384"}
 DEFAULT_M = "10,30,100"
 
 
