@@ -90,7 +90,8 @@ def _suite(methods: Iterable[tuple[str, bool]], ns: Iterable[int], m: int) -> tu
 
 
 # Methods named here but not registered (yet) are reported as skipped, not errors.
-SUITE_METHODS = (("vanilla-math", True), ("vanilla-sdpa", True), ("anchor", False), ("anchor-select", False))
+SUITE_METHODS = (("vanilla-math", True), ("vanilla-sdpa", True), ("anchor", False), ("anchor-select", False),
+                 ("fused-anchor", False))
 CUDA_SUITE_METHODS = SUITE_METHODS + (("vanilla-xformers", True),)
 DEFAULT_SUITES = {
     "cpu": (_suite(SUITE_METHODS, (196, 576), 30), Settings()),
