@@ -73,11 +73,6 @@ class AnchorAttention(AttentionMethod):
         return _anchor_macs(batch, self.heads, n, self.m, self.head_dim)
 
     def attention_matrix(self, q, k, v, grid=None):
-        idx = select_anchor_indices(q, self.m, self.select, self.seed)           # (B, H, m)
-        anchors = torch.gather(q, 2, idx.unsqueeze(-1).expand(*idx.shape, q.shape[-1]))
-        return anchor_matrix(anchor_weights(anchors, k, self.scale))
-
-    def attention_matrix(self, q, k, v, grid=None):
         return anchor_matrix(anchor_weights(self.anchors.to(dtype=k.dtype), k, self.scale))
 
     def fit_closed(self, q, k, v, grid=None, iters=20):
@@ -124,15 +119,16 @@ class AnchorSelect(AttentionMethod):
             raise ValueError(f"select must be strided, random or topnorm, got {select!r}")
         self.m, self.select, self.seed = int(m), select, seed
 
-    def forward(self, q, k, v, grid=None):
+    def selected_anchors(self, q: torch.Tensor) -> torch.Tensor:
+        """The chosen queries, (B, H, m, d)."""
         idx = select_anchor_indices(q, self.m, self.select, self.seed)           # (B, H, m)
-        anchors = torch.gather(q, 2, idx.unsqueeze(-1).expand(*idx.shape, q.shape[-1]))
-        return anchor_attention(anchors, k, v, self.scale)
+        return torch.gather(q, 2, idx.unsqueeze(-1).expand(*idx.shape, q.shape[-1]))
+
+    def forward(self, q, k, v, grid=None):
+        return anchor_attention(self.selected_anchors(q), k, v, self.scale)
 
     def macs(self, batch, n, grid=None):
         return _anchor_macs(batch, self.heads, n, self.m, self.head_dim)
 
     def attention_matrix(self, q, k, v, grid=None):
-        idx = select_anchor_indices(q, self.m, self.select, self.seed)           # (B, H, m)
-        anchors = torch.gather(q, 2, idx.unsqueeze(-1).expand(*idx.shape, q.shape[-1]))
-        return anchor_matrix(anchor_weights(anchors, k, self.scale))
+        return anchor_matrix(anchor_weights(self.selected_anchors(q), k, self.scale))
