@@ -73,6 +73,24 @@ def resolve_methods(spec: str | None, device: str) -> tuple[str, ...]:
     return tuple(m["name"] for m in registry.list_methods(device) if m["available"])
 
 
+def check_params(params: dict[str, dict[str, Any]], methods: tuple[str, ...]) -> None:
+    """--param names a method of the sweep and a keyword its constructor takes (not its budget)."""
+    import inspect
+
+    for method, values in params.items():
+        if method not in methods:
+            raise BadInput(f"--param names {method!r}, which is not among the swept methods")
+        info = registry.get_info(method)
+        sig = inspect.signature(info.cls.__init__).parameters
+        accepted = set(sig) - {"self", "heads", "head_dim"}
+        open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values())
+        for key in values:
+            if key == info.budget:
+                raise BadInput(f"--param {method}.{key}: {key} is the budget of {method}; set it with --m")
+            if key not in accepted and not open_kwargs:
+                raise BadInput(f"--param {method}.{key}: {method} takes {', '.join(sorted(accepted)) or 'no parameters'}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """attnbench: efficient attention side by side: latency, memory, FLOPs, error."""
@@ -156,7 +174,8 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
     if fit not in ("none", "closed", "distill"):
         raise BadInput(f"unknown --fit {fit!r}; use none, closed or distill")
     for name, value in (("--batch", batch), ("--heads", heads), ("--head-dim", head_dim),
-                        ("--fit-iters", fit_iters), ("--fit-steps", fit_steps), ("--fit-lr", fit_lr)):
+                        ("--fit-iters", fit_iters), ("--fit-steps", fit_steps), ("--fit-lr", fit_lr),
+                        ("--min-run-time", min_run_time), ("--timeout", timeout_s)):
         if value <= 0:
             raise BadInput(f"{name} must be positive, got {value}")
     try:
@@ -165,6 +184,7 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
     except SpecError as exc:
         raise BadInput(str(exc)) from None
     methods = resolve_methods(methods_spec, device)
+    check_params(params, methods)
     cfg = SweepConfig(
         ns=tuple(ns), ms=tuple(ms), methods=methods, device=device, dtype=dtype, batch=batch,
         heads=heads, head_dim=head_dim, mode=mode, workload=workload, seed=seed,
@@ -211,6 +231,9 @@ def profile_cmd(method, n, m, device, dtype, mode, batch, heads, head_dim, activ
         summary = run_profile(cfg)
     except (ProfileError, WorkloadError) as exc:
         raise BadInput(str(exc)) from None
+    except (RuntimeError, MemoryError) as exc:  # e.g. inputs too large for this machine
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise BadInput(f"profiling {method} at n={n} failed: {type(exc).__name__}: {first}") from None
     click.echo(f"{method} n={n} {summary['config']['dtype']} {mode} on {summary['device_name']}: "
                f"top {summary['level']} over {active} calls, times per call")
     click.echo(markdown(summary["table"]))
@@ -321,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (SpecError, WorkloadError, RowsFileError, registry.PluginError) as exc:
         click.echo(f"error: {exc}", err=True)
+        return 2
+    except OSError as exc:  # an output folder that cannot be made or written, a full disk
+        click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
         return 2
     except KeyboardInterrupt:
         click.echo("interrupted; rows measured so far are kept", err=True)

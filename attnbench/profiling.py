@@ -27,6 +27,7 @@ import torch
 
 from attnbench import registry
 from attnbench.measure.memory import quiet_native_stderr
+from attnbench.measure.roofline import bytes_min
 
 TABLE_COLUMNS = ("rank", "name", "calls", "self_ms_per_call", "share_pct", "bytes", "gbps")
 SKIP_PREFIXES = ("ProfilerStep",)  # the profiler's own step markers, not work
@@ -82,13 +83,6 @@ def whole_call_line(records: Iterable[OpRecord], calls: int, bytes_moved: int | 
     gbps = bytes_moved / (ms * 1e-3) / 1e9 if bytes_moved and ms > 0 else None
     return {"rank": None, "name": "(whole call)", "calls": None, "self_ms_per_call": ms,
             "share_pct": 100.0 if total_us > 0 else None, "bytes": bytes_moved, "gbps": gbps}
-
-
-def min_bytes(batch: int, heads: int, n: int, head_dim: int, elem_bytes: int, mode: str) -> int:
-    """Bytes that must move at least once: q, k, v read and out written (fwd); fwdbwd adds
-    reading the output gradient and writing dq, dk, dv."""
-    tensors = 4 if mode == "fwd" else 8
-    return tensors * batch * heads * n * head_dim * elem_bytes
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
@@ -204,7 +198,8 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
     if not any(r.self_us > 0 for r in records):  # e.g. no CUPTI: no kernel activity recorded
         records, level = op_records(averages, "cpu"), "operators (no device activity recorded)"
     table = top_table(records, cfg.active, cfg.top)
-    nbytes = min_bytes(cfg.batch, cfg.heads, cfg.n, cfg.head_dim, wl.q.element_size(), cfg.mode)
+    nbytes = bytes_min(cfg.batch, cfg.heads, cfg.n, cfg.head_dim, wl.q.element_size(),
+                       registry.get_info(cfg.method).uses_query, cfg.mode)
     table.append(whole_call_line(records, cfg.active, nbytes if level == "kernels" else None))
     write_table(table, cfg.out)
     summary = {"config": {**asdict(cfg), "out": str(cfg.out)}, "device_name": device_name(cfg.device),

@@ -34,7 +34,7 @@ from attnbench.workloads import Workload, file_dims, make_workload
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODES = ("fwd", "fwdbwd")
 KEY_FIELDS = ("method", "params", "n", "m", "batch", "heads", "head_dim", "dtype", "device",
-              "mode", "workload", "seed", "fit")
+              "mode", "workload", "seed", "fit", "fit_cfg", "timing_mode")
 
 
 class SpecError(ValueError):
@@ -159,6 +159,13 @@ def row_key(row: dict[str, Any]) -> str:
     return json.dumps([row.get(k) for k in KEY_FIELDS], sort_keys=True, default=str)
 
 
+def fit_settings(cfg: SweepConfig) -> dict[str, Any] | None:
+    """The fitting options that change a fitted row (part of its resume key); None without fitting."""
+    if cfg.fit == "none":
+        return None
+    return {"iters": cfg.fit_iters} if cfg.fit == "closed" else {"steps": cfg.fit_steps, "lr": cfg.fit_lr}
+
+
 def base_row(cfg: SweepConfig, p: Point) -> dict[str, Any]:
     info = registry.get_info(p.method)
     return {
@@ -173,13 +180,14 @@ def base_row(cfg: SweepConfig, p: Point) -> dict[str, Any]:
         "err_rel_fro": None, "err_max_abs": None, "err_cos_mean": None, "out_finite": None,
         "attn_entropy_ratio": None, "workload_params": None, "impl": {},
         **null_telemetry("not timed"),
-        "fit": cfg.fit, "fit_info": None, "fit_time_s": None, "err_uniform_rel_fro": None, "err_skill": None,
+        "fit": cfg.fit, "fit_cfg": fit_settings(cfg), "timing_mode": "cuda_graph" if cfg.timing.cuda_graphs else "eager",
+        "fit_info": None, "fit_time_s": None, "err_uniform_rel_fro": None, "err_skill": None,
         "attn_kl_mean": None, "attn_tv_mean": None, "attn_map_reason": None,
         **dict.fromkeys(ROOFLINE_FIELDS),
     }
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
     text = str(exc).lower()
@@ -268,7 +276,7 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
     except CallTimeout as exc:
         row.update(status="timeout", message=str(exc))
     except Exception as exc:  # every failure becomes a row, never a crash of the sweep
-        row.update(status="oom" if _is_oom(exc) else "error",
+        row.update(status="oom" if is_oom(exc) else "error",
                    message=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
     return row
 

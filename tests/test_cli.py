@@ -114,6 +114,10 @@ BAD_INPUTS = {
     "unknown-mode": (["sweep", "--n", "16", "--mode", "bwd"], "unknown mode"),
     "unknown-option": (["sweep", "--frobnicate"], "no such option"),
     "missing-plugin": (["list", "--plugin", "/nonexistent/plug.py"], "does not exist"),
+    "param-unknown-key": (["sweep", "--n", "16", "--methods", "anchor", "--param", "anchor.bogus=1"], "anchor takes"),
+    "param-budget-key": (["sweep", "--n", "16", "--methods", "anchor", "--param", "anchor.m=5"], "set it with --m"),
+    "param-other-method": (["sweep", "--n", "16", "--methods", "anchor", "--param", "nosuch.x=1"], "not among"),
+    "negative-timeout": (["sweep", "--n", "16", "--timeout", "-1"], "--timeout must be positive"),
 }
 
 
@@ -165,3 +169,20 @@ def test_bench_py_and_module_entry_agree():
                          text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "anchor" in {m["name"] for m in json.loads(res.stdout)}
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    code, _, err = run_main(["sweep", "--n", "16", "--m", "2", "--methods", "anchor", "--out",
+                             str(blocker / "run"), "--no-flops"] + TINY, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_fit_options_are_part_of_the_resume_key(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["sweep", "--n", "16", "--m", "2", "--methods", "anchor", "--fit", "closed", "--out", str(out),
+            "--no-flops"] + TINY
+    assert run_main(args + ["--fit-iters", "2"], capsys)[0] == 0
+    assert run_main(args + ["--fit-iters", "3"], capsys)[0] == 0
+    assert sorted(r["fit_cfg"]["iters"] for r in rows_of(out)) == [2, 3]

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from attnbench.cli import main
-from attnbench.profiling import OpRecord, min_bytes, top_table, whole_call_line
+from attnbench.measure.roofline import bytes_min
+from attnbench.profiling import OpRecord, top_table, whole_call_line
 
 TINY = ["--heads", "2", "--head-dim", "12", "--active", "2"]
 
@@ -73,9 +74,9 @@ def test_top_table_per_call_shares_and_cut():
 
 def test_whole_call_bandwidth_on_known_bytes():
     # q, k, v, out of (1, 6, 16384, 64) bf16: 4 * 6 * 16384 * 64 * 2 bytes.
-    nbytes = min_bytes(1, 6, 16384, 64, 2, "fwd")
+    nbytes = bytes_min(1, 6, 16384, 64, 2, True, "fwd")
     assert nbytes == 50_331_648
-    assert min_bytes(1, 6, 16384, 64, 2, "fwdbwd") == 2 * nbytes
+    assert bytes_min(1, 6, 16384, 64, 2, True, "fwdbwd") == 2 * nbytes
     line = whole_call_line([OpRecord("flash_fwd_kernel", 10, 1000.0)], calls=10, bytes_moved=nbytes)
     assert line["self_ms_per_call"] == pytest.approx(0.1)
     assert line["gbps"] == pytest.approx(503.31648)  # 50_331_648 B / 100 µs

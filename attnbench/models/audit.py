@@ -120,8 +120,9 @@ def measure_model(cfg: ModelConfig) -> dict[str, Any]:
             row.update(images_per_second(model, images, cfg.iters))
         row["status"] = "ok"
     except Exception as exc:  # every failure becomes a row
-        oom = isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(exc).lower()
-        row.update(status="oom" if oom else "error",
+        from attnbench.sweep import is_oom
+
+        row.update(status="oom" if is_oom(exc) else "error",
                    message=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
     return row
 
