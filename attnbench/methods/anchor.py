@@ -118,10 +118,17 @@ class AnchorSelect(AttentionMethod):
         if select not in ("strided", "random", "topnorm"):
             raise ValueError(f"select must be strided, random or topnorm, got {select!r}")
         self.m, self.select, self.seed = int(m), select, seed
+        self._index_cache: dict = {}
 
     def selected_anchors(self, q: torch.Tensor) -> torch.Tensor:
         """The chosen queries, (B, H, m, d)."""
-        idx = select_anchor_indices(q, self.m, self.select, self.seed)           # (B, H, m)
+        if self.select == "topnorm":
+            idx = select_anchor_indices(q, self.m, self.select, self.seed)       # (B, H, m)
+        else:  # input-independent: computed once per shape and device, not in every call
+            key = (tuple(q.shape), q.device)
+            if key not in self._index_cache:
+                self._index_cache[key] = select_anchor_indices(q, self.m, self.select, self.seed)
+            idx = self._index_cache[key]
         return torch.gather(q, 2, idx.unsqueeze(-1).expand(*idx.shape, q.shape[-1]))
 
     def forward(self, q, k, v, grid=None):

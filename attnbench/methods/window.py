@@ -184,6 +184,13 @@ class WindowAttention(AttentionMethod):
                 allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf")).to(device)
         return self._masks[key]
 
+    def _bias_index(self, g: WindowGeometry, device) -> torch.Tensor:
+        """(T, T) relative-position index, cached per window shape and device (outside the hot path)."""
+        key = ("bias_index", g.wh, g.ww, device)
+        if key not in self._masks:
+            self._masks[key] = relative_position_index(g.wh, g.ww, self.window).to(device)
+        return self._masks[key]
+
     def window_probs(self, q: torch.Tensor, k: torch.Tensor,
                      grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, WindowGeometry]:
         """Per-window probabilities (B, H, n_windows, T, T) and the geometry used."""
@@ -191,7 +198,7 @@ class WindowAttention(AttentionMethod):
         qw, kw = to_windows(q, g), to_windows(k, g)                # (B, H, nW, T, d)
         logits = (qw @ kw.transpose(-1, -2)) * self.scale         # (B, H, nW, T, T)
         if self.bias_table is not None:
-            idx = relative_position_index(g.wh, g.ww, self.window).to(q.device)
+            idx = self._bias_index(g, q.device)
             bias = self.bias_table.to(q.dtype)[idx].permute(2, 0, 1)  # (H, T, T)
             logits = logits + bias.unsqueeze(1)
         mask = self._additive_mask(g, q.dtype, q.device)
