@@ -32,7 +32,9 @@ from attnbench import registry
 from attnbench.measure.env import collect_env, git_commit
 from attnbench.measure.error import error_metrics, exact_reference
 from attnbench.measure.timing import TimingConfig, time_fn
-from attnbench.sweep import DTYPES, make_call
+from attnbench.point import make_call
+from attnbench.reference import softmax_attention
+from attnbench.spec import DTYPES, one_line
 from attnbench.workloads import Workload, make_workload
 
 FORMAT = "attnbench-ci-baseline/1"
@@ -183,9 +185,8 @@ def suspect(ratio: float, lo: float, tolerance: float) -> bool:
 
 def plain_attention_error(wl: Workload, ref: torch.Tensor) -> float:
     """err_rel_fro of plain softmax(q kᵀ/√d) v computed in the workload's dtype: the precision floor."""
-    scale = 1.0 / math.sqrt(wl.q.shape[-1])
     with torch.no_grad():
-        out = torch.softmax((wl.q @ wl.k.transpose(-1, -2)) * scale, dim=-1) @ wl.v  # (B, H, N, d)
+        out = softmax_attention(wl.q, wl.k, wl.v, precision=None, block=None)  # (B, H, N, d)
     return error_metrics(out, ref)["err_rel_fro"]
 
 
@@ -236,10 +237,8 @@ def prepare(entry: SuiteEntry, s: Settings, wl: Workload, ref: torch.Tensor, pla
     except KeyError:
         return _fail(res, "skipped", f"{entry.method} is not registered")
     try:
-        params = dict(entry.params)
-        if info.budget:
-            params[info.budget] = entry.m
-        module = registry.create(entry.method, heads=s.heads, head_dim=s.head_dim, **params).to(s.device).eval()
+        module = registry.build(entry.method, heads=s.heads, head_dim=s.head_dim, params=entry.params,
+                                m=entry.m).to(s.device).eval()
         reason = module.unsupported_reason(s.device, s.dtype, entry.n, s.head_dim)
         if reason:
             return _fail(res, "skipped", reason)
@@ -249,7 +248,7 @@ def prepare(entry: SuiteEntry, s: Settings, wl: Workload, ref: torch.Tensor, pla
         res.err_rel_fro, res.out_finite = err["err_rel_fro"], err["out_finite"]
         res.call = make_call(module, wl, "fwd")
     except Exception as exc:  # a failing method is a result of the check, not a crash
-        return _fail(res, "error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+        return _fail(res, "error", one_line(exc))
     return res
 
 
@@ -262,11 +261,10 @@ def reference_call(wl: Workload) -> Callable[[], Any]:
     """Plain softmax(q kᵀ/√d) v on the workload, written out here (a plugin cannot replace it):
     the CPU speed reference for every configuration with the same token count."""
     q, k, v = wl.q, wl.k, wl.v                                   # (B, H, N, d)
-    scale = 1.0 / math.sqrt(q.shape[-1])
 
     def call():
         with torch.no_grad():
-            return torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1) @ v
+            return softmax_attention(q, k, v, precision=None, block=None)
     return call
 
 

@@ -13,7 +13,7 @@ import click
 
 from attnbench import registry
 from attnbench.results import RowsFileError
-from attnbench.sweep import DTYPES, MODES, SpecError, SweepConfig, parse_m_spec, parse_n_spec, parse_params
+from attnbench.spec import DTYPES, MODES, SpecError, parse_m_spec, parse_n_spec, parse_params
 from attnbench.workloads import WorkloadError
 
 DEFAULT_N = {"cpu": "196,1024", "cuda": "196..16384"}
@@ -161,7 +161,7 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
               fit_steps, fit_lr) -> None:
     """Measure every method over token counts and budgets into OUT/rows.jsonl."""
     from attnbench.measure.timing import TimingConfig
-    from attnbench.sweep import run_sweep
+    from attnbench.sweep import SweepConfig, run_sweep
 
     device = check_device(device or best_device())
     if cuda_graphs and device != "cuda":

@@ -122,14 +122,11 @@ def _self_device_us(evt: Any) -> float:
 # -- the run ------------------------------------------------------------------------------
 def build(cfg: ProfileConfig):
     """(module, zero-argument call, workload) for ``cfg``; ProfileError when it cannot run."""
-    from attnbench.sweep import DTYPES, make_call
+    from attnbench.point import make_call
+    from attnbench.spec import DTYPES
     from attnbench.workloads import make_workload
 
-    info = registry.get_info(cfg.method)
-    params = dict(info.defaults)
-    if info.budget:
-        params[info.budget] = cfg.m if cfg.m is not None else params.get(info.budget)
-    module = registry.create(cfg.method, heads=cfg.heads, head_dim=cfg.head_dim, **params)
+    module = registry.build(cfg.method, heads=cfg.heads, head_dim=cfg.head_dim, m=cfg.m)
     module = module.to(cfg.device).eval()
     reason = module.unsupported_reason(cfg.device, cfg.dtype, cfg.n, cfg.head_dim)
     if reason:
@@ -141,7 +138,7 @@ def build(cfg: ProfileConfig):
 
 def validate(cfg: ProfileConfig) -> None:
     """One-line ProfileError for a configuration that makes no sense before anything is built."""
-    from attnbench.sweep import DTYPES, MODES
+    from attnbench.spec import DTYPES, MODES
 
     try:
         info = registry.get_info(cfg.method)

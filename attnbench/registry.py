@@ -131,6 +131,17 @@ def create(name: str, *, heads: int, head_dim: int, **params: Any) -> torch.nn.M
     return info.cls(heads, head_dim, **kwargs)
 
 
+def build(name: str, *, heads: int, head_dim: int, params: dict[str, Any] | None = None,
+          m: int | None = None) -> torch.nn.Module:
+    """Method ``name`` for one measured point: ``params`` over its defaults, and ``m`` (when given)
+    as the value of its budget parameter. The one place a point becomes a constructor call."""
+    info = get_info(name)
+    kwargs = dict(params or {})
+    if info.budget and m is not None:
+        kwargs[info.budget] = m
+    return create(name, heads=heads, head_dim=head_dim, **kwargs)
+
+
 def load_plugin(spec: str) -> None:
     """Import a plugin given as a path to a .py file or as a dotted module name."""
     try:

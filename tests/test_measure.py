@@ -8,7 +8,7 @@ from attnbench.measure.error import error_metrics, exact_reference
 from attnbench.measure.memory import peak_from_events
 from attnbench.measure.timing import TimingConfig, summarize_ms, time_fn
 from attnbench.methods.base import near_square_grid
-from attnbench.sweep import SpecError, parse_m_spec, parse_n_spec, parse_params
+from attnbench.spec import SpecError, parse_m_spec, parse_n_spec, parse_params
 
 
 def test_error_metrics_on_known_perturbation():

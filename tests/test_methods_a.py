@@ -11,7 +11,7 @@ import torch
 
 import attnbench
 from attnbench.measure.flops import fvcore_macs, torch_flops
-from attnbench.methods.base import exact_attention
+from attnbench.reference import softmax_attention as exact_attention
 
 
 def _qkv(b, h, n, d, seed=0, q_scale=1.0):

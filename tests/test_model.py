@@ -88,7 +88,8 @@ def test_bad_model_input_is_one_line(args, needle, capsys, tmp_path):
 
 def test_grid_methods_see_the_patch_grid_and_cls_attends_exactly(scratch_registry):
     """A grid method gets the patch tokens on their grid; the cls token gets exact attention."""
-    from attnbench.methods.base import AttentionMethod, exact_attention
+    from attnbench.methods.base import AttentionMethod
+    from attnbench.reference import softmax_attention as exact_attention
 
     seen = []
 

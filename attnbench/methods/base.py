@@ -1,4 +1,4 @@
-"""Base class shared by every attention method, and the float64 exact reference."""
+"""Base class shared by every attention method (the exact reference is attnbench.reference)."""
 from __future__ import annotations
 
 import math
@@ -108,14 +108,3 @@ class AttentionMethod(torch.nn.Module):
         run that cannot fit in host memory (never reported as a measurement)."""
         return None
 
-
-def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    block: int = 1024) -> torch.Tensor:
-    """softmax(q kᵀ/√d) v in float64, computed in query blocks (no full N×N at large N)."""
-    q64, k64, v64 = q.double(), k.double(), v.double()
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=torch.float64, device=q.device)
-    for s in range(0, q.shape[-2], block):
-        logits = (q64[..., s:s + block, :] @ k64.transpose(-1, -2)) * scale  # (B, H, b, N)
-        out[..., s:s + block, :] = torch.softmax(logits, dim=-1) @ v64
-    return out

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.methods.base import AttentionMethod
+from attnbench.reference import softmax_attention, softmax_matrix
 from attnbench.registry import register
 
 # aten operator name -> SDPA backend, as seen by the profiler.
@@ -23,24 +24,18 @@ def _exact_macs(batch: int, heads: int, n: int, head_dim: int) -> int:
     return 2 * batch * heads * n * n * head_dim  # q kᵀ and P v
 
 
-def exact_matrix(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """(B, H, N, N) softmax(q kᵀ·scale): the matrix every exact method applies to v."""
-    return torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)
-
-
 @register("vanilla-math", family="vanilla", description="materialised softmax(q kᵀ/√d) v, O(N²)")
 class VanillaMath(AttentionMethod):
     """Exact attention with the N×N probability matrix materialised."""
 
     def forward(self, q, k, v, grid=None):
-        logits = (q @ k.transpose(-1, -2)) * self.scale  # (B, H, N, N)
-        return torch.softmax(logits, dim=-1) @ v
+        return softmax_attention(q, k, v, precision=None, block=None)  # (B, H, N, N) materialised
 
     def macs(self, batch, n, grid=None):
         return _exact_macs(batch, self.heads, n, self.head_dim)
 
     def attention_matrix(self, q, k, v, grid=None):
-        return exact_matrix(q, k, self.scale)
+        return softmax_matrix(q, k, self.scale)
 
     def workspace_bytes(self, batch, n, dtype_bytes):
         return 2 * batch * self.heads * n * n * dtype_bytes  # logits and probabilities
@@ -57,7 +52,7 @@ class VanillaSDPA(AttentionMethod):
         return _exact_macs(batch, self.heads, n, self.head_dim)
 
     def attention_matrix(self, q, k, v, grid=None):
-        return exact_matrix(q, k, self.scale)
+        return softmax_matrix(q, k, self.scale)
 
     def backend_info(self, q, k, v, grid=None) -> dict[str, Any]:
         from torch.profiler import ProfilerActivity, profile

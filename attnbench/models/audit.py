@@ -23,6 +23,7 @@ from attnbench import registry
 from attnbench.measure.env import collect_env
 from attnbench.measure.flops import ZERO_OPS, _matmul_handle, _sdpa_handle, _zero_handle, torch_flops
 from attnbench.models.vit import ViT, count_params, vit_config
+from attnbench.spec import is_oom, one_line
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ def attention_params(cfg: ModelConfig) -> dict[str, Any]:
     """Constructor parameters of the attention: user params plus the budget set to ``m``."""
     info = registry.get_info(cfg.attention)
     params = {**info.defaults, **cfg.params}
-    if info.budget:
-        params[info.budget] = cfg.m if cfg.m is not None else params.get(info.budget)
+    if info.budget and cfg.m is not None:
+        params[info.budget] = cfg.m
     return params
 
 
@@ -120,10 +121,7 @@ def measure_model(cfg: ModelConfig) -> dict[str, Any]:
             row.update(images_per_second(model, images, cfg.iters))
         row["status"] = "ok"
     except Exception as exc:  # every failure becomes a row
-        from attnbench.sweep import is_oom
-
-        row.update(status="oom" if is_oom(exc) else "error",
-                   message=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
+        row.update(status="oom" if is_oom(exc) else "error", message=one_line(exc))
     return row
 
 

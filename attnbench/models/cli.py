@@ -8,7 +8,7 @@ import click
 
 from attnbench.models.audit import ModelConfig
 from attnbench.models.vit import ARCHS
-from attnbench.sweep import SpecError, parse_m_spec, parse_params
+from attnbench.spec import SpecError, parse_m_spec, parse_params
 
 
 def model_configs(arch_spec: str, attentions: tuple[str, ...], img: int, m_spec: str, param_items,
