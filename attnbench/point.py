@@ -2,6 +2,7 @@
 model share. Fitting, counting and error metrics happen outside every timed region."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -24,13 +25,14 @@ if TYPE_CHECKING:
 
 
 def make_call(module: torch.nn.Module, wl: Workload, mode: str) -> Callable[[], Any]:
-    """The zero-argument timed call: a no-grad forward, or forward plus backward."""
+    """The zero-argument timed call: a no-grad forward, or forward plus backward. An exception
+    the method raises inside it is a MethodFailure (so measuring code can tell it apart)."""
     if mode == "fwd":
         fwd = module.bench_fn(wl.q, wl.k, wl.v, wl.grid)
 
         def call_fwd():
             with torch.no_grad():
-                return fwd()
+                return method_code(fwd)
         return call_fwd
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (wl.q, wl.k, wl.v))
     fwd = module.bench_fn(q, k, v, wl.grid)
@@ -38,8 +40,7 @@ def make_call(module: torch.nn.Module, wl: Workload, mode: str) -> Callable[[], 
     grad_out = torch.randn_like(fwd())
 
     def call_fwdbwd():
-        out = fwd()
-        return torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+        return method_code(lambda: torch.autograd.grad(fwd(), leaves, grad_out, allow_unused=True))
     return call_fwdbwd
 
 
@@ -62,10 +63,55 @@ class PointData:
     exact_fit: Callable[[], torch.Tensor] | None = None  # float64 exact output on the fit split
 
 
+class MethodFailure(Exception):
+    """An exception raised by the method's own code (construction, forward, fit, macs...)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.original = exc
+
+
+class HarnessFailure(Exception):
+    """An exception raised by attnbench's measuring code in the named step."""
+
+    def __init__(self, step: str, exc: BaseException) -> None:
+        super().__init__(f"{step}: {exc}")
+        self.step, self.original = step, exc
+
+
+def strict_harness() -> bool:
+    """In tests (ATTNBENCH_STRICT=1) a harness failure raises instead of becoming a row."""
+    return os.environ.get("ATTNBENCH_STRICT") == "1"
+
+
+def method_code(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run the method's own code; its exceptions become MethodFailure (timeouts pass through)."""
+    try:
+        return fn(*args, **kwargs)
+    except (CallTimeout, MethodFailure):
+        raise
+    except Exception as exc:
+        raise MethodFailure(exc) from exc
+
+
+def harness(step: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run measuring code that may call into the method: the method's failures stay theirs."""
+    try:
+        return fn(*args, **kwargs)
+    except (CallTimeout, MethodFailure, HarnessFailure):
+        raise
+    except Exception as exc:
+        if is_oom(exc):
+            raise MethodFailure(exc) from exc     # the point does not fit: an oom row either way
+        raise HarnessFailure(step, exc) from exc
+
+
 def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], ExactReference],
                   extra: PointData | None = None) -> dict[str, Any]:
     """Measure one point into a row; failures become rows with their status and message.
 
+    A failure of the method's own code is an ``error`` (or ``oom``) row; a failure of attnbench's
+    measuring code is a ``harness_error`` row naming the step, or raises under ATTNBENCH_STRICT=1.
     Fitting (``cfg.fit``) happens before and outside every timed region.
     """
     from attnbench.sweep import base_row
@@ -73,38 +119,50 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
     row = base_row(cfg, p)
     row["workload_params"] = wl.params
     try:
-        module = registry.build(p.method, heads=cfg.heads, head_dim=cfg.head_dim, params=p.params, m=p.m)
-        module = module.to(cfg.device).eval()
-        reason = module.unsupported_reason(cfg.device, cfg.dtype, p.n, cfg.head_dim)
-        if reason:
-            return {**row, "status": "unsupported", "message": reason}
-        too_big = _memory_guard(cfg, module, p.n)
-        if too_big:
-            return {**row, "status": "oom", "message": too_big}
-        if extra is not None:
-            row.update(fit_module(cfg.fit, module, extra.fit_data, extra.exact_fit, iters=cfg.fit_iters,
-                                  steps=cfg.fit_steps, lr=cfg.fit_lr))
-        row["macs_analytic"] = int(module.macs(cfg.batch, p.n, wl.grid))
-        call = make_call(module, wl, cfg.mode)
-        row.update(time_fn(call, cfg.device, cfg.timing))
-        row.update(peak_memory(call, cfg.device))
-        if cfg.count_flops:
-            row.update(_count_flops(module, wl))
-        with torch.no_grad():
-            out = module(wl.q, wl.k, wl.v, grid=wl.grid)
-        exact = ref()
-        row.update(error_metrics(out, exact.out))
-        row["attn_entropy_ratio"] = exact.entropy_ratio
-        if extra is not None:
-            row.update(skill_fields(row["err_rel_fro"], extra.uniform_err()))
-        row.update(attn_map_metrics(module, wl.q, wl.k, wl.v, wl.grid))
-        row["impl"] = module.backend_info(wl.q, wl.k, wl.v, wl.grid)
-        row["status"] = "ok"
+        _measure(cfg, p, wl, ref, extra, row)
     except CallTimeout as exc:
         row.update(status="timeout", message=str(exc))
-    except Exception as exc:  # every failure becomes a row, never a crash of the sweep
-        row.update(status="oom" if is_oom(exc) else "error", message=one_line(exc))
+    except MethodFailure as exc:
+        row.update(status="oom" if is_oom(exc.original) else "error", message=one_line(exc.original))
+    except HarnessFailure as exc:
+        if strict_harness():
+            raise exc.original
+        row.update(status="harness_error", message=f"harness error in {exc.step}: {one_line(exc.original)}")
     return row
+
+
+def _measure(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], ExactReference],
+             extra: PointData | None, row: dict[str, Any]) -> None:
+    """The steps of one point, filling ``row``; returns early for unsupported or too-big points."""
+    module = method_code(lambda: registry.build(p.method, heads=cfg.heads, head_dim=cfg.head_dim,
+                                                params=p.params, m=p.m).to(cfg.device).eval())
+    reason = method_code(module.unsupported_reason, cfg.device, cfg.dtype, p.n, cfg.head_dim)
+    if reason:
+        row.update(status="unsupported", message=reason)
+        return
+    too_big = method_code(_memory_guard, cfg, module, p.n)
+    if too_big:
+        row.update(status="oom", message=too_big)
+        return
+    if extra is not None:
+        row.update(method_code(fit_module, cfg.fit, module, extra.fit_data, extra.exact_fit,
+                               iters=cfg.fit_iters, steps=cfg.fit_steps, lr=cfg.fit_lr))
+    row["macs_analytic"] = int(method_code(module.macs, cfg.batch, p.n, wl.grid))
+    call = method_code(make_call, module, wl, cfg.mode)
+    row.update(harness("timing", time_fn, call, cfg.device, cfg.timing))
+    row.update(harness("peak memory", peak_memory, call, cfg.device))
+    if cfg.count_flops:
+        row.update(harness("flop counting", _count_flops, module, wl))
+    with torch.no_grad():
+        out = method_code(module, wl.q, wl.k, wl.v, grid=wl.grid)
+    exact = harness("exact reference", ref)
+    row.update(harness("error metrics", error_metrics, out, exact.out))
+    row["attn_entropy_ratio"] = exact.entropy_ratio
+    if extra is not None:
+        row.update(skill_fields(row["err_rel_fro"], harness("uniform reference", extra.uniform_err)))
+    row.update(harness("attention-map metrics", attn_map_metrics, module, wl.q, wl.k, wl.v, wl.grid))
+    row["impl"] = method_code(module.backend_info, wl.q, wl.k, wl.v, wl.grid)
+    row["status"] = "ok"
 
 
 def skill_fields(err: float | None, err_uniform: float) -> dict[str, Any]:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-REQUIRED_FIELDS = ("method", "n", "status", "device", "dtype", "mode")
-STATUSES = ("ok", "oom", "error", "unsupported", "timeout")
+from attnbench.rows import REQUIRED as REQUIRED_FIELDS, STATUSES, identity, type_problem  # noqa: F401
 
 
 class RowsFileError(ValueError):
@@ -35,11 +35,9 @@ def read_rows(path: str | Path, repair_tail: bool = False) -> list[dict[str, Any
             raise RowsFileError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict):
             raise RowsFileError(f"{path}: line {lineno} is not a JSON object")
-        missing = [f for f in REQUIRED_FIELDS if f not in row]
-        if missing:
-            raise RowsFileError(f"{path}: line {lineno} lacks field(s) {', '.join(missing)}")
-        if row["status"] not in STATUSES:
-            raise RowsFileError(f"{path}: line {lineno} has unknown status {row['status']!r}")
+        problem = type_problem(row)
+        if problem:
+            raise RowsFileError(f"{path}: line {lineno} {problem}")
         rows.append(row)
     return rows
 
@@ -54,3 +52,25 @@ def load_frame(path: str | Path):
         p = Path(p)
         rows += read_rows(p / "rows.jsonl" if p.is_dir() else p)
     return pd.DataFrame(rows)
+
+
+class RowWriter:
+    """Appends JSON lines (rows, invocations) to one file, each flushed and fsynced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def measured_keys(out: Path) -> set[str]:
+    """Create the run folder; return the identity keys of the rows already in it (resume)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / "rows.jsonl"
+    if not rows_path.exists():
+        return set()
+    return {identity(r) for r in read_rows(rows_path, repair_tail=True)}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import json
 import os
 import sys
 import time
@@ -17,20 +16,16 @@ from typing import Any, Callable
 
 import torch
 
-from attnbench import registry
-from attnbench.measure.env import collect_env
+from attnbench import registry, rows
+from attnbench.measure.env import collect_env, device_label
 from attnbench.measure.error import ExactReference, exact_reference
-from attnbench.measure.roofline import ROOFLINE_FIELDS, device_peaks, roofline_columns
+from attnbench.measure.roofline import device_peaks, roofline_columns
 from attnbench.measure.telemetry import null_telemetry
 from attnbench.measure.timing import TimingConfig, timing_config_dict
-from attnbench.results import RowsFileError, read_rows
+from attnbench.results import RowWriter, measured_keys
 from attnbench.point import measure_point, point_data
 from attnbench.spec import DTYPES
 from attnbench.workloads import file_dims, make_workload
-
-KEY_FIELDS = ("method", "params", "n", "m", "batch", "heads", "head_dim", "dtype", "device",
-              "mode", "workload", "seed", "fit", "fit_cfg", "timing_mode")
-
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -54,6 +49,7 @@ class SweepConfig:
     fit_iters: int = 20        # closed: fixed-point iterations
     fit_steps: int = 200       # distill: Adam steps
     fit_lr: float = 5e-2       # distill: Adam learning rate
+    device_name: str | None = None  # GPU or CPU model (identity of a row); None: this machine's
 
 
 @dataclass(frozen=True)
@@ -77,10 +73,6 @@ def expand_grid(cfg: SweepConfig) -> list[Point]:
     return points
 
 
-def row_key(row: dict[str, Any]) -> str:
-    return json.dumps([row.get(k) for k in KEY_FIELDS], sort_keys=True, default=str)
-
-
 def fit_settings(cfg: SweepConfig) -> dict[str, Any] | None:
     """The fitting options that change a fitted row (part of its resume key); None without fitting."""
     if cfg.fit == "none":
@@ -89,23 +81,15 @@ def fit_settings(cfg: SweepConfig) -> dict[str, Any] | None:
 
 
 def base_row(cfg: SweepConfig, p: Point) -> dict[str, Any]:
+    """The row of point ``p`` before measuring: its identity filled in, every outcome null."""
     info = registry.get_info(p.method)
     return {
+        **rows.blank_row("attention"), **null_telemetry("not timed"),
         "method": p.method, "family": info.family, "params": p.params, "n": p.n, "m": p.m,
         "batch": cfg.batch, "heads": cfg.heads, "head_dim": cfg.head_dim, "dtype": cfg.dtype,
-        "device": cfg.device, "mode": cfg.mode, "workload": cfg.workload, "seed": cfg.seed,
-        "status": None, "message": None,
-        "latency_ms": None, "latency_p20_ms": None, "latency_p80_ms": None, "latency_iqr_rel": None,
-        "timing": None, "peak_mem_bytes": None, "peak_mem_method": None,
-        "macs_analytic": None, "macs_fvcore": None, "flops_torch": None, "flops_scope": "fwd",
-        "fvcore_uncounted_ops": None, "flop_notes": None,
-        "err_rel_fro": None, "err_max_abs": None, "err_cos_mean": None, "out_finite": None,
-        "attn_entropy_ratio": None, "workload_params": None, "impl": {},
-        **null_telemetry("not timed"),
+        "device": cfg.device, "device_name": cfg.device_name or device_label(cfg.device), "mode": cfg.mode,
+        "workload": cfg.workload, "seed": cfg.seed, "flops_scope": "fwd", "impl": {},
         "fit": cfg.fit, "fit_cfg": fit_settings(cfg), "timing_mode": "cuda_graph" if cfg.timing.cuda_graphs else "eager",
-        "fit_info": None, "fit_time_s": None, "err_uniform_rel_fro": None, "err_skill": None,
-        "attn_kl_mean": None, "attn_tv_mean": None, "attn_map_reason": None,
-        **dict.fromkeys(ROOFLINE_FIELDS),
     }
 
 
@@ -135,43 +119,21 @@ class SweepSummary:
     notes: list[str] = field(default_factory=list)
 
 
-class RowWriter:
-    """Appends rows to rows.jsonl, one flushed line each."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-def prepare_out(out: Path) -> set[str]:
-    """Create the run folder; return the keys of rows already measured (resume)."""
-    out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / "rows.jsonl"
-    if not rows_path.exists():
-        return set()
-    rows = read_rows(rows_path, repair_tail=True)
-    return {row_key(r) for r in rows}
-
-
 def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = True) -> SweepSummary:
     """Measure every point of the grid not already in ``cfg.out/rows.jsonl``."""
     cfg, notes = resolve_workload_dims(cfg)
     if cfg.fit != "none" and cfg.workload.startswith("file:"):   # fail early: no fitting split
         make_workload(cfg.workload, cfg.batch, cfg.heads, cfg.ns[0], cfg.head_dim, dtype=torch.float32,
                       device="cpu", seed=cfg.seed, split="fit")
-    done = prepare_out(cfg.out)
+    cfg = replace(cfg, device_name=device_label(cfg.device))
+    done = measured_keys(cfg.out)
     summary = SweepSummary(out=cfg.out, notes=notes)
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     env = collect_env(cfg.device, cfg.seed)
     env["roofline"] = device_peaks(cfg.device, cfg.dtype)
     _record_invocation(cfg, run_id, argv, env)
     points = expand_grid(cfg)
-    todo = [p for p in points if row_key(base_row(cfg, p)) not in done]
+    todo = [p for p in points if rows.identity(base_row(cfg, p)) not in done]
     summary.skipped_existing = len(points) - len(todo)
     writer = RowWriter(cfg.out / "rows.jsonl")
     bar = _progress(len(todo), progress)
@@ -212,8 +174,7 @@ def _record_invocation(cfg: SweepConfig, run_id: str, argv: list[str] | None, en
     entry = {"run_id": run_id, "argv": argv if argv is not None else sys.argv,
              "timing": timing_config_dict(cfg.timing), "env": env,
              "timestamp": env["timestamp"]}
-    with open(cfg.out / "runs.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, default=str) + "\n")
+    RowWriter(cfg.out / "runs.jsonl").append(entry)
 
 
 def _progress(total: int, enabled: bool):

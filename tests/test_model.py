@@ -58,7 +58,7 @@ def test_model_command_writes_valid_rows(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     (row,) = read_rows(out / "rows.jsonl")
     assert row["status"] == "ok" and row["kind"] == "model" and row["method"] == "anchor" and row["n"] == 17
-    assert row["params"] == expected_params("deit-tiny", 8, tokens=17)
+    assert row["param_count"] == expected_params("deit-tiny", 8, tokens=17)
     assert row["macs_fvcore"] == row["flops_torch"] // 2 == expected_macs(192, 3, 64, 8)
     assert row["images_per_s"] > 0 and row["batch"] == 2 and row["timing"]["iters"] == 1
     assert row["env"]["torch"] and row["run_id"]

@@ -34,7 +34,7 @@ def attention_row(method, n, latency, m=None, status="ok", message=None, device=
 
 def model_row(arch, attention, params, macs, m=None, family="vanilla"):
     return {"kind": "model", "method": attention, "family": family, "arch": arch, "attention": attention,
-            "img": 224, "n": 197, "m": m, "params": params, "attention_params": {"m": m} if m else {},
+            "img": 224, "n": 197, "m": m, "param_count": params, "params": {},
             "batch": 8, "dtype": "float32", "device": "cpu", "mode": "fwd", "status": "ok", "message": None,
             "macs_fvcore": macs, "flops_torch": 2 * macs, "images_per_s": 10.0, "run_id": "run-2", "env": ENV,
             "timestamp": "2026-01-01T00:01:00+00:00"}

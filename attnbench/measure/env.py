@@ -29,6 +29,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def device_label(device: str) -> str:
+    """The model of the device a row runs on: the GPU's name, or the CPU's model name."""
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return cpu_model()
+
+
 def git_commit() -> str | None:
     """The commit of the source tree attnbench is imported from, with '+dirty' if modified."""
     root = Path(__file__).resolve().parents[2]
@@ -85,7 +92,7 @@ def collect_env(device: str = "cpu", seed: int | None = None) -> dict[str, Any]:
     """Everything needed to reproduce or compare a row: stored with every row."""
     cuda = device == "cuda" and torch.cuda.is_available()
     env: dict[str, Any] = {
-        "device_name": torch.cuda.get_device_name(0) if cuda else cpu_model(),
+        "device_name": device_label(device) if cuda else cpu_model(),
         "device_type": device,
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),

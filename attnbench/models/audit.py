@@ -8,7 +8,6 @@ attention); LayerNorm, GELU, softmax and other elementwise work count zero, as i
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import sys
 import time
 import uuid
@@ -19,10 +18,11 @@ from typing import Any
 
 import torch
 
-from attnbench import registry
-from attnbench.measure.env import collect_env
+from attnbench import registry, rows
+from attnbench.measure.env import collect_env, device_label
 from attnbench.measure.flops import ZERO_OPS, _matmul_handle, _sdpa_handle, _zero_handle, torch_flops
 from attnbench.models.vit import ViT, count_params, vit_config
+from attnbench.results import RowWriter, measured_keys, read_rows
 from attnbench.spec import is_oom, one_line
 
 
@@ -86,14 +86,15 @@ def images_per_second(model: torch.nn.Module, images: torch.Tensor, iters: int) 
 
 
 def base_model_row(cfg: ModelConfig) -> dict[str, Any]:
+    """The model row of ``cfg`` before measuring: identity filled in, outcomes null."""
     info = registry.get_info(cfg.attention)
     return {
-        "kind": "model", "method": cfg.attention, "family": info.family, "arch": cfg.arch,
+        **rows.blank_row("model"), "method": cfg.attention, "family": info.family, "arch": cfg.arch,
         "attention": cfg.attention, "img": cfg.img, "n": (cfg.img // 16) ** 2 + 1,
-        "m": cfg.m if info.budget else None, "params": None, "attention_params": None,
-        "batch": cfg.batch, "dtype": "float32", "device": cfg.device, "mode": "fwd",
-        "status": None, "message": None, "macs_fvcore": None, "flops_torch": None,
-        "fvcore_uncounted_ops": None, "images_per_s": None, "timing": None,
+        "m": cfg.m if info.budget else None, "batch": cfg.batch,
+        "params": {k: v for k, v in attention_params(cfg).items() if k != info.budget},
+        "dtype": "float32", "device": cfg.device, "device_name": device_label(cfg.device), "mode": "fwd",
+        "seed": cfg.seed, "timed": cfg.timing,
     }
 
 
@@ -108,8 +109,7 @@ def measure_model(cfg: ModelConfig) -> dict[str, Any]:
     row = base_model_row(cfg)
     try:
         model = build_model(cfg).to(cfg.device)
-        row["attention_params"] = attention_params(cfg)
-        row["params"] = count_params(model)
+        row["param_count"] = count_params(model)
         reason = unsupported(model, cfg)
         if reason:
             return {**row, "status": "unsupported", "message": reason}
@@ -126,19 +126,26 @@ def measure_model(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def run_models(cfgs: list[ModelConfig], out: Path, argv: list[str] | None = None) -> list[dict[str, Any]]:
-    """Measure each config and append its row to ``out/rows.jsonl``; record the invocation."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Measure each config not yet in ``out/rows.jsonl`` and append its row; record the invocation.
+
+    Returns the rows of ``cfgs``: the new ones, and for configs measured before, the stored ones.
+    """
+    done = measured_keys(out)
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     env = collect_env(cfgs[0].device if cfgs else "cpu", cfgs[0].seed if cfgs else None)
-    with open(out / "runs.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"run_id": run_id, "argv": argv if argv is not None else sys.argv,
-                             "env": env, "timestamp": env["timestamp"]}, default=str) + "\n")
-    rows = []
+    RowWriter(out / "runs.jsonl").append({"run_id": run_id, "argv": argv if argv is not None else sys.argv,
+                                          "env": env, "timestamp": env["timestamp"]})
+    writer, stored = RowWriter(out / "rows.jsonl"), None
+    result = []
     for cfg in cfgs:
+        key = rows.identity(base_model_row(cfg))
+        if key in done:
+            stored = stored or {rows.identity(r): r for r in read_rows(out / "rows.jsonl")}
+            result.append({**stored[key], "resumed": True})
+            continue
         row = measure_model(cfg)
         row.update(run_id=run_id, env=env,
                    timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        with open(out / "rows.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, default=str) + "\n")
-        rows.append(row)
-    return rows
+        writer.append(row)
+        result.append(row)
+    return result

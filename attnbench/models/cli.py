@@ -50,6 +50,8 @@ def print_model_rows(rows: list[dict[str, Any]], out: Path) -> None:
             click.echo(f"{label}: {r['status']}: {r['message']}")
             continue
         ips = f", {r['images_per_s']:.1f} images/s at batch {r['batch']}" if r["images_per_s"] else ""
-        click.echo(f"{label}: {r['params'] / 1e6:.2f} M params, {r['macs_fvcore'] / 1e9:.3f} GMACs (fvcore), "
+        ips += " (measured before; rerun skipped it)" if r.get("resumed") else ""
+        click.echo(f"{label}: {r['param_count'] / 1e6:.2f} M params, {r['macs_fvcore'] / 1e9:.3f} GMACs (fvcore), "
                    f"{r['flops_torch'] / 2e9:.3f} GMACs (FlopCounterMode/2){ips}")
-    click.echo(f"{len(rows)} rows written to {out / 'rows.jsonl'}")
+    new = sum(not r.get("resumed") for r in rows)
+    click.echo(f"{new} rows written to {out / 'rows.jsonl'}; {len(rows) - new} already measured")

@@ -144,8 +144,17 @@ def provenance_section(ctx: Context, data: RunData) -> None:
     ctx.page.add("h2", "Provenance")
     ctx.page.add("p", f"{len(rows)} rows from {rows['source'].nunique()} run folder(s); measured "
                       f"{stamps[0] if stamps else '?'} to {stamps[-1] if stamps else '?'} (UTC). "
-                      "Generated from rows.jsonl alone; rows from different groups are never averaged.")
+                      "Generated from rows.jsonl alone; rows from different groups are never averaged."
+                      + duplicates_note(data.duplicates))
     ctx.page.add("table", "Invocations (runs.jsonl) and their environment", "provenance", provenance_table(data))
+
+
+def duplicates_note(duplicates: dict[str, int]) -> str:
+    """' N duplicate rows (same identity) were dropped, the last one written kept: ...' or ''."""
+    if not duplicates:
+        return ""
+    parts = ", ".join(f"{n} from {src}" for src, n in sorted(duplicates.items()))
+    return f" {sum(duplicates.values())} duplicate row(s) (same identity key) were dropped, the last written kept: {parts}."
 
 
 def provenance_table(data: RunData) -> pd.DataFrame:
@@ -175,6 +184,8 @@ def build_report(runs: list[Path], out: Path, at_n: int | None = None, fit_point
     """Write report.md, report.html, figures/ and tables/ under ``out``; see ReportResult."""
     data = load_runs(runs)
     result = ReportResult(out=out, problems=list(data.problems))
+    if data.duplicates:
+        result.notes.append(duplicates_note(data.duplicates).strip())
     ctx = Context(Page(), result, out / "figures", at_n, fit_points)
     ctx.page.add("h1", "attnbench report")
     provenance_section(ctx, data)

@@ -7,7 +7,7 @@ import pandas as pd
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "baselines" / "paper"
 PAPER_IMG = 224  # ImageNet at 224 x 224 throughout the paper's Table 1 and Table 5
-QUANTITIES = (("params_m", "params (M)", 1e6, "params"), ("macs_g", "MACs (G, fvcore)", 1e9, "macs_fvcore"))
+QUANTITIES = (("params_m", "params (M)", 1e6, "param_count"), ("macs_g", "MACs (G, fvcore)", 1e9, "macs_fvcore"))
 
 
 def load_paper(folder: Path = PAPER_DIR) -> pd.DataFrame:
@@ -30,8 +30,8 @@ def matching_rows(models: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:
 
 
 def measured_label(row: pd.Series) -> str:
-    extra = {k: v for k, v in (row.get("attention_params") or {}).items() if k != "m"} \
-        if isinstance(row.get("attention_params"), dict) else {}
+    extra = {k: v for k, v in (row.get("params") or {}).items() if k != "m"} \
+        if isinstance(row.get("params"), dict) else {}
     m = f" m={int(row['m'])}" if pd.notna(row.get("m")) else ""
     params = "".join(f" {k}={v}" for k, v in sorted(extra.items()))
     return f"{row['arch']} + {row['attention']}{m}{params}, img {int(row['img'])}, {row['source']}"

@@ -8,10 +8,14 @@ from typing import Any
 
 import pandas as pd
 
+from attnbench import rows as R
 from attnbench.results import RowsFileError, read_rows
 
 # Fields that set a measurement apart: rows differing in any of them are never compared as one.
-GROUP_FIELDS = ("source", "device_name", "dtype", "mode", "batch", "heads", "head_dim", "workload", "seed", "fit")
+# They are the identity fields of a row (attnbench.rows) except those that tell the series
+# apart inside one figure (method, params, n, m), plus the run folder the rows came from.
+SERIES_FIELDS = ("kind", "method", "params", "n", "m", "layer")
+GROUP_FIELDS = ("source",) + tuple(k for k in R.key_fields("attention") if k not in SERIES_FIELDS)
 
 
 class ReportError(Exception):
@@ -23,6 +27,7 @@ class RunData:
     rows: pd.DataFrame                       # one row per JSON row, plus source/kind/device_name
     invocations: list[dict[str, Any]]        # runs.jsonl entries, each with its source
     problems: list[str] = field(default_factory=list)
+    duplicates: dict[str, int] = field(default_factory=dict)  # rows dropped per run folder (same identity)
 
 
 def latest_run(results: Path) -> Path:
@@ -67,15 +72,18 @@ def read_invocations(path: Path) -> list[dict[str, Any]]:
 def load_runs(paths: list[Path]) -> RunData:
     """All rows of ``paths``; raises ReportError only when no row at all could be read."""
     problems: list[str] = []
-    rows, invocations = [], []
+    rows, invocations, duplicates = [], [], {}
     for path in paths:
         run_rows, run_invs = read_run(Path(path), problems)
         source = Path(path).name if Path(path).is_dir() else Path(path).parent.name
-        rows += [{**r, "source": source} for r in run_rows]
+        kept, dropped = R.dedup(run_rows)   # a point measured twice in one folder: the last row wins
+        if dropped:
+            duplicates[source] = duplicates.get(source, 0) + dropped
+        rows += [{**r, "source": source} for r in kept]
         invocations += [{**inv, "source": source} for inv in run_invs]
     if not rows:
         raise ReportError("; ".join(problems) or "no rows")
-    return RunData(normalise(pd.DataFrame(rows)), invocations, problems)
+    return RunData(normalise(pd.DataFrame(rows)), invocations, problems, duplicates)
 
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:
@@ -84,9 +92,12 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     df["kind"] = df["kind"].fillna("attention") if "kind" in df else "attention"
     env = df["env"] if "env" in df else pd.Series([None] * len(df), index=df.index)
     names = [e.get("device_name") if isinstance(e, dict) else None for e in env]
+    own = df["device_name"] if "device_name" in df else pd.Series([None] * len(df), index=df.index)
+    names = [o if isinstance(o, str) else n for o, n in zip(own, names)]
     df["device_name"] = [f"{d} ({n})" if n else str(d) for d, n in zip(df["device"], names)]
     for f in GROUP_FIELDS + ("m", "params"):
         if f not in df:
             df[f] = None
+    df["fit_cfg"] = [json.dumps(c, sort_keys=True) if isinstance(c, dict) else c for c in df["fit_cfg"]]
     df["params_key"] = [json.dumps(p, sort_keys=True, default=str) if p else "" for p in df["params"]]
     return df

@@ -34,12 +34,8 @@ def add_series(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def ok_attention(df: pd.DataFrame) -> pd.DataFrame:
-    """ok attention rows with derived columns; a repeated point keeps its latest row."""
-    ok = add_series(df[(df["kind"] == "attention") & (df["status"] == "ok")])
-    ok = derive(ok)
-    order = ok["timestamp"].fillna("") if "timestamp" in ok else pd.Series("", index=ok.index)
-    ok = ok.assign(_t=order).sort_values("_t", kind="stable")
-    ok = ok.drop_duplicates(list(GROUP_FIELDS) + ["series", "n"], keep="last").drop(columns="_t")
+    """ok attention rows with derived columns (duplicates were dropped by identity on loading)."""
+    ok = derive(add_series(df[(df["kind"] == "attention") & (df["status"] == "ok")]))
     return ok.sort_values(list(GROUP_FIELDS) + ["series", "n"], key=_sort_key, kind="stable")
 
 
@@ -78,7 +74,9 @@ def group_label(key: dict) -> str:
              f"batch {k['batch']}" if "batch" in k else None,
              f"{k['heads']} heads × {k.get('head_dim', '?')}" if "heads" in k else None,
              k.get("workload"), f"seed {k['seed']}" if "seed" in k else None,
-             f"fit {k['fit']}" if k.get("fit") not in (None, "none") else None]
+             f"fit {k['fit']}" if k.get("fit") not in (None, "none") else None,
+             f"fit options {k['fit_cfg']}" if k.get("fit_cfg") else None,
+             f"timing {k['timing_mode']}" if k.get("timing_mode") not in (None, "eager") else None]
     return f"{k.get('source', '?')}: " + ", ".join(str(p) for p in parts if p is not None)
 
 
@@ -160,10 +158,10 @@ def models_table(df: pd.DataFrame) -> pd.DataFrame:
     mod = df[(df["kind"] == "model") & (df["status"] == "ok")].copy()
     if mod.empty:
         return pd.DataFrame()
-    for f in ("images_per_s", "flops_torch", "macs_fvcore", "img"):
+    for f in ("images_per_s", "flops_torch", "macs_fvcore", "img", "param_count"):
         if f not in mod:
             mod[f] = None
-    mod["params_m"] = pd.to_numeric(mod["params"], errors="coerce") / 1e6
+    mod["params_m"] = pd.to_numeric(mod["param_count"], errors="coerce") / 1e6
     mod["gmacs_fvcore"] = pd.to_numeric(mod["macs_fvcore"], errors="coerce") / 1e9
     mod["gmacs_torch"] = pd.to_numeric(mod["flops_torch"], errors="coerce") / 2e9
     cols = ["source", "arch", "attention", "m", "img", "params_m", "gmacs_fvcore", "gmacs_torch",
