@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from attnbench import registry
+from attnbench import registry, rows
+from attnbench.measure.env import device_label
+from attnbench.measure.telemetry import null_telemetry
 from attnbench.fit import fit_module
 from attnbench.measure.attnmap import attn_map_metrics
 from attnbench.measure.error import ExactReference, error_metrics, exact_reference
@@ -22,6 +24,26 @@ from attnbench.workloads import Workload, make_workload
 
 if TYPE_CHECKING:
     from attnbench.sweep import Point, SweepConfig
+
+
+def fit_settings(cfg: SweepConfig) -> dict[str, Any] | None:
+    """The fitting options that change a fitted row (part of its resume key); None without fitting."""
+    if cfg.fit == "none":
+        return None
+    return {"iters": cfg.fit_iters} if cfg.fit == "closed" else {"steps": cfg.fit_steps, "lr": cfg.fit_lr}
+
+
+def base_row(cfg: SweepConfig, p: Point) -> dict[str, Any]:
+    """The row of point ``p`` before measuring: its identity filled in, every outcome null."""
+    info = registry.get_info(p.method)
+    return {
+        **rows.blank_row("attention"), **null_telemetry("not timed"),
+        "method": p.method, "family": info.family, "params": p.params, "n": p.n, "m": p.m,
+        "batch": cfg.batch, "heads": cfg.heads, "head_dim": cfg.head_dim, "dtype": cfg.dtype,
+        "device": cfg.device, "device_name": cfg.device_name or device_label(cfg.device), "mode": cfg.mode,
+        "workload": cfg.workload, "seed": cfg.seed, "flops_scope": "fwd", "impl": {},
+        "fit": cfg.fit, "fit_cfg": fit_settings(cfg), "timing_mode": "cuda_graph" if cfg.timing.cuda_graphs else "eager",
+    }
 
 
 def make_call(module: torch.nn.Module, wl: Workload, mode: str) -> Callable[[], Any]:
@@ -114,8 +136,6 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
     measuring code is a ``harness_error`` row naming the step, or raises under ATTNBENCH_STRICT=1.
     Fitting (``cfg.fit``) happens before and outside every timed region.
     """
-    from attnbench.sweep import base_row
-
     row = base_row(cfg, p)
     row["workload_params"] = wl.params
     try:
@@ -134,8 +154,11 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
 def _measure(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], ExactReference],
              extra: PointData | None, row: dict[str, Any]) -> None:
     """The steps of one point, filling ``row``; returns early for unsupported or too-big points."""
-    module = method_code(lambda: registry.build(p.method, heads=cfg.heads, head_dim=cfg.head_dim,
-                                                params=p.params, m=p.m).to(cfg.device).eval())
+    try:
+        module = registry.build(p.method, heads=cfg.heads, head_dim=cfg.head_dim, params=p.params, m=p.m)
+    except Exception as exc:
+        raise MethodFailure(exc) from exc
+    module = method_code(lambda: module.to(cfg.device).eval())
     reason = method_code(module.unsupported_reason, cfg.device, cfg.dtype, p.n, cfg.head_dim)
     if reason:
         row.update(status="unsupported", message=reason)

@@ -126,9 +126,7 @@ def list_methods(device: str | None = None) -> list[dict[str, Any]]:
 
 def create(name: str, *, heads: int, head_dim: int, **params: Any) -> torch.nn.Module:
     """Instantiate method ``name`` as ``cls(heads, head_dim, **params)``."""
-    info = get_info(name)
-    kwargs = {**info.defaults, **params}
-    return info.cls(heads, head_dim, **kwargs)
+    return build(name, heads=heads, head_dim=head_dim, params=params)
 
 
 def build(name: str, *, heads: int, head_dim: int, params: dict[str, Any] | None = None,
@@ -136,10 +134,10 @@ def build(name: str, *, heads: int, head_dim: int, params: dict[str, Any] | None
     """Method ``name`` for one measured point: ``params`` over its defaults, and ``m`` (when given)
     as the value of its budget parameter. The one place a point becomes a constructor call."""
     info = get_info(name)
-    kwargs = dict(params or {})
+    kwargs = {**info.defaults, **(params or {})}
     if info.budget and m is not None:
         kwargs[info.budget] = m
-    return create(name, heads=heads, head_dim=head_dim, **kwargs)
+    return info.cls(heads, head_dim, **kwargs)
 
 
 def load_plugin(spec: str) -> None:

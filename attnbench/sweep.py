@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import os
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -20,10 +18,9 @@ from attnbench import registry, rows
 from attnbench.measure.env import collect_env, device_label
 from attnbench.measure.error import ExactReference, exact_reference
 from attnbench.measure.roofline import device_peaks, roofline_columns
-from attnbench.measure.telemetry import null_telemetry
 from attnbench.measure.timing import TimingConfig, timing_config_dict
 from attnbench.results import RowWriter, measured_keys
-from attnbench.point import measure_point, point_data
+from attnbench.point import base_row, fit_settings, measure_point, point_data  # noqa: F401  (re-exported)
 from attnbench.spec import DTYPES
 from attnbench.workloads import file_dims, make_workload
 
@@ -71,26 +68,6 @@ def expand_grid(cfg: SweepConfig) -> list[Point]:
             budgets = cfg.ms if info.budget else (None,)
             points += [Point(name, params, n, m) for m in budgets]
     return points
-
-
-def fit_settings(cfg: SweepConfig) -> dict[str, Any] | None:
-    """The fitting options that change a fitted row (part of its resume key); None without fitting."""
-    if cfg.fit == "none":
-        return None
-    return {"iters": cfg.fit_iters} if cfg.fit == "closed" else {"steps": cfg.fit_steps, "lr": cfg.fit_lr}
-
-
-def base_row(cfg: SweepConfig, p: Point) -> dict[str, Any]:
-    """The row of point ``p`` before measuring: its identity filled in, every outcome null."""
-    info = registry.get_info(p.method)
-    return {
-        **rows.blank_row("attention"), **null_telemetry("not timed"),
-        "method": p.method, "family": info.family, "params": p.params, "n": p.n, "m": p.m,
-        "batch": cfg.batch, "heads": cfg.heads, "head_dim": cfg.head_dim, "dtype": cfg.dtype,
-        "device": cfg.device, "device_name": cfg.device_name or device_label(cfg.device), "mode": cfg.mode,
-        "workload": cfg.workload, "seed": cfg.seed, "flops_scope": "fwd", "impl": {},
-        "fit": cfg.fit, "fit_cfg": fit_settings(cfg), "timing_mode": "cuda_graph" if cfg.timing.cuda_graphs else "eager",
-    }
 
 
 def resolve_workload_dims(cfg: SweepConfig) -> tuple[SweepConfig, list[str]]:

@@ -160,3 +160,26 @@ def test_model_rerun_measures_nothing_new(tmp_path):
     again = run_models([cfg], tmp_path)
     assert len(read_rows(tmp_path / "rows.jsonl")) == 1 and again[0]["resumed"]
     assert json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[-1])["run_id"]
+
+
+def test_m_reaches_the_constructor_within_five_calls_of_the_command(tmp_path, scratch_registry):
+    """The budget travels: sweep command -> ... -> the method's constructor, at most five calls."""
+    import inspect
+
+    from attnbench.cli import main
+    from attnbench.methods.anchor import AnchorAttention
+
+    depth = {}
+
+    @scratch_registry.register("anchor-depth", family="anchor", budget="m", uses_query=False)
+    class Depth(AnchorAttention):
+        def __init__(self, heads, head_dim, m=30, **kw):
+            names = [f.function for f in inspect.stack()[1:]]
+            depth.setdefault("m", m)
+            depth.setdefault("calls", names.index("sweep_cmd") if "sweep_cmd" in names else None)
+            super().__init__(heads, head_dim, m=m, **kw)
+
+    code = main(["sweep", "--methods", "anchor-depth", "--n", "16", "--m", "3", "--heads", "1", "--head-dim", "4",
+                 "--min-run-time", "0.01", "--no-flops", "--quiet", "--out", str(tmp_path)])
+    assert code == 0 and depth["m"] == 3
+    assert depth["calls"] is not None and depth["calls"] <= 5, depth
