@@ -210,6 +210,40 @@ def test_paper_baselines_cite_table_and_page():
         {k: PUBLISHED_TABLE1[k] for k in ("DeiT-T", "DeiT-S")}
 
 
+def test_missing_paper_tables_are_an_error_not_an_empty_claims_table(tmp_path):
+    from attnbench.report.claims import PaperTablesMissing
+
+    with pytest.raises(PaperTablesMissing, match="no published tables"):
+        claims_table(pd.DataFrame([model_row("deit_s", "vanilla", 22_050_664, 4_598_882_304)]
+                                  ).assign(kind="model"), paper=load_paper(tmp_path))
+
+
+def test_wheel_ships_the_paper_tables_readable_through_the_package(tmp_path):
+    """A wheel (what a non-editable install unpacks) holds baselines/paper/*.csv as
+    attnbench.paper_tables, and load_paper() reads them from there, not from the source tree."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "--no-index", "-w", str(tmp_path), str(root)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    wheel, = tmp_path.glob("attnbench-*.whl")
+    csvs = sorted(p.name for p in (root / "baselines" / "paper").glob("*.csv"))
+    assert len(csvs) >= 2
+    assert {f"attnbench/paper_tables/{c}" for c in csvs} <= set(zipfile.ZipFile(wheel).namelist())
+    probe = ("import attnbench, json; from attnbench.report.claims import load_paper; p = load_paper(); "
+             "print(json.dumps([attnbench.__file__, len(p), sorted(p['table'].unique())]))")
+    read = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(wheel)})  # zipimport: no source tree
+    assert read.returncode == 0, read.stderr
+    where, n_rows, tables = json.loads(read.stdout.strip().splitlines()[-1])
+    assert where.startswith(str(wheel))
+    assert n_rows == sum(len(pd.read_csv(root / "baselines" / "paper" / c)) for c in csvs)
+    assert tables == ["Table 1", "Table 5"]
+
+
 def one_line_error(code, err, *needles):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("error: ")
