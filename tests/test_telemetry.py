@@ -8,7 +8,7 @@ import pytest
 from attnbench.cli import main
 from attnbench.measure import telemetry as tm
 from attnbench.measure.timing import TimingConfig, time_fn
-from attnbench.report_energy import energy_markdown, energy_table
+from attnbench.report.energy import energy_markdown, energy_table
 
 
 def _nvml_works() -> bool:

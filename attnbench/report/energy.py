@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import pandas as pd
+
 ENERGY_COLUMNS = ("method", "n", "m", "dtype", "mode", "timing_mode", "latency_ms", "energy_j_per_call",
                   "energy_resolution_rel", "gpu_power_avg_w", "gpu_power_limit_w", "gpu_sm_clock_mhz_after",
                   "gpu_mem_clock_mhz_after", "gpu_temp_c_after", "throttle")
@@ -26,6 +28,12 @@ def energy_table(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     lines = [energy_row(r) for r in rows if r.get("status") == "ok" and r.get("energy_j_per_call") is not None]
     return sorted(lines, key=lambda r: (r["method"], r["m"] if r["m"] is not None else -1, r["timing_mode"], r["n"]))
+
+
+def energy_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """``energy_table`` of a report's rows (NaN cells read as missing) as a frame of ENERGY_COLUMNS."""
+    records = rows.astype(object).where(rows.notna(), None).to_dict("records")
+    return pd.DataFrame(energy_table(records), columns=list(ENERGY_COLUMNS))
 
 
 def energy_markdown(table: list[dict[str, Any]]) -> str:
