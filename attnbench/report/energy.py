@@ -5,6 +5,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from attnbench.report.render import markdown_table
+
 ENERGY_COLUMNS = ("method", "n", "m", "dtype", "mode", "timing_mode", "latency_ms", "energy_j_per_call",
                   "energy_resolution_rel", "gpu_power_avg_w", "gpu_power_limit_w", "gpu_sm_clock_mhz_after",
                   "gpu_mem_clock_mhz_after", "gpu_temp_c_after", "throttle")
@@ -37,12 +39,5 @@ def energy_frame(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def energy_markdown(table: list[dict[str, Any]]) -> str:
-    """The table as GitHub markdown; numbers to 4 significant digits, missing values as '-'."""
-    def cell(v: Any) -> str:
-        if v is None:
-            return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    head = "| " + " | ".join(ENERGY_COLUMNS) + " |"
-    rule = "|" + "---|" * len(ENERGY_COLUMNS)
-    return "\n".join([head, rule] + ["| " + " | ".join(cell(r[c]) for c in ENERGY_COLUMNS) + " |" for r in table])
+    """The table as GitHub markdown, written as the report writes its tables."""
+    return markdown_table(pd.DataFrame(table, columns=list(ENERGY_COLUMNS)))
