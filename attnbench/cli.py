@@ -13,7 +13,7 @@ import click
 
 from attnbench import registry
 from attnbench.results import RowsFileError
-from attnbench.spec import DTYPES, MODES, SpecError, parse_m_spec, parse_n_spec, parse_params
+from attnbench.spec import DTYPES, MODES, SpecError, one_line, parse_m_spec, parse_n_spec, parse_params
 from attnbench.workloads import WorkloadError
 
 DEFAULT_N = {"cpu": "196,1024", "cuda": "196..16384"}
@@ -232,8 +232,7 @@ def profile_cmd(method, n, m, device, dtype, mode, batch, heads, head_dim, activ
     except (ProfileError, WorkloadError) as exc:
         raise BadInput(str(exc)) from None
     except (RuntimeError, MemoryError) as exc:  # e.g. inputs too large for this machine
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        raise BadInput(f"profiling {method} at n={n} failed: {type(exc).__name__}: {first}") from None
+        raise BadInput(f"profiling {method} at n={n} failed: {one_line(exc)}") from None
     click.echo(f"{method} n={n} {summary['config']['dtype']} {mode} on {summary['device_name']}: "
                f"top {summary['level']} over {active} calls, times per call")
     click.echo(markdown(summary["table"]))

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from attnbench.spec import one_line
+
 FIT_MODES = ("none", "closed", "distill")
 
 
@@ -80,8 +82,7 @@ def fit_module(mode: str, module: torch.nn.Module, fit_data: Any, exact_fit: Any
     try:
         info = _apply(mode, module, wl, target, iters, steps, lr)
     except Exception as exc:  # the row becomes an error row that says fitting failed
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        raise RuntimeError(f"--fit {mode} failed: {type(exc).__name__}: {first}") from exc
+        raise RuntimeError(f"--fit {mode} failed: {one_line(exc)}") from exc
     return {"fit_info": info, "fit_time_s": time.perf_counter() - start}
 
 

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from attnbench.spec import one_line
+
 # NVML clock event ("throttle") reason bits, nvml.h nvmlClocksEventReason*.
 THROTTLE_BITS: tuple[tuple[int, str], ...] = (
     (0x001, "gpu_idle"),
@@ -130,12 +132,12 @@ def _nvml():
     try:
         import pynvml
     except ImportError as exc:
-        _UNAVAILABLE["reason"] = f"nvidia-ml-py not importable: {exc}"
+        _UNAVAILABLE["reason"] = f"nvidia-ml-py not importable: {one_line(exc)}"
         raise TelemetryUnavailable(_UNAVAILABLE["reason"]) from None
     try:
         pynvml.nvmlInit()  # reference counted; kept open for the process
     except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        _UNAVAILABLE["reason"] = f"NVML unavailable: {type(exc).__name__}: {exc}"
+        _UNAVAILABLE["reason"] = f"NVML unavailable: {one_line(exc)}"
         raise TelemetryUnavailable(_UNAVAILABLE["reason"]) from None
     return pynvml
 

@@ -13,6 +13,7 @@ from attnbench.report.claims import claims_table
 from attnbench.report.energy import energy_frame
 from attnbench.report.load import RunData, load_runs
 from attnbench.report.render import Page, to_html, to_markdown, write_tables
+from attnbench.spec import one_line
 
 
 @dataclass
@@ -48,7 +49,7 @@ def add_figure(ctx: Context, rows: pd.DataFrame, fields: tuple[str, ...], name: 
     try:
         ctx.result.files += F.save(draw(), ctx.figures, name)
     except Exception as exc:  # a figure that cannot be drawn is reported, the rest goes on
-        ctx.result.problems.append(f"{name} failed for {where}: {type(exc).__name__}: {exc}")
+        ctx.result.problems.append(f"{name} failed for {where}: {one_line(exc)}")
         return
     ctx.page.add("figure", caption, name)
 
