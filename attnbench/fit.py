@@ -1,97 +1,20 @@
 """Fitting a method's learnable state before it is measured: closed form and distillation.
 
-Closed form for anchors (AnchorFormer Eq. 4-6): with p(u_j|v_i) = softmax_j(u_j·k_i/√d)
-(Eq. 4), the objective of Eq. 5 is J(U) = Σ_i Σ_j p(u_j|v_i) ‖u_j − k_i‖², and setting its
-derivative in u (p held fixed) to zero gives Eq. 6, u_j = Σ_i p(u_j|v_i) k_i / Σ_i p(u_j|v_i).
-``anchor_fixed_point`` iterates Eq. 6 from a k-means++ start. Because p is a softmax of inner
-products rather than the minimiser of J over p, an Eq. 6 step need not lower J: the history
-records whether it did.
+Closed form: the method's own ``fit_closed`` (anchor: the Eq. 4-6 fixed point in
+methods/anchor_fit.py; nystrom, agent: k-means in methods/_cluster.py).
 
 Distillation: Adam on the fitting split minimising mean (out − exact)² over all output entries.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import torch
 
+from attnbench.spec import one_line
+
 FIT_MODES = ("none", "closed", "distill")
-
-
-def kmeanspp(x: torch.Tensor, m: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding: (m, d) rows of x (P, d), each next one drawn ∝ squared distance."""
-    p = x.shape[0]
-    idx = [int(torch.randint(p, (1,), generator=gen))]
-    d2 = ((x - x[idx[0]]) ** 2).sum(-1)                                # (P,)
-    for _ in range(1, m):
-        total = float(d2.sum())
-        nxt = int(torch.multinomial(d2 / total, 1, generator=gen)) if total > 0 else \
-            int(torch.randint(p, (1,), generator=gen))
-        idx.append(nxt)
-        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(-1))
-    return x[idx].clone()                                               # (m, d)
-
-
-def anchor_probs(u: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
-    """Eq. 4: (P, m) p(u_j|v_i) = softmax over the m anchors of u_j·k_i·scale."""
-    return torch.softmax(keys @ u.T * scale, dim=-1)
-
-
-def sq_dists(keys: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """(P, m) squared Euclidean distances ‖k_i − u_j‖², clamped at 0 against rounding."""
-    return ((keys * keys).sum(-1, keepdim=True) + (u * u).sum(-1) - 2 * keys @ u.T).clamp_min(0)
-
-
-def eq5_objective(u: torch.Tensor, keys: torch.Tensor, scale: float) -> float:
-    """Eq. 5: Σ_i Σ_j p(u_j|v_i) ‖u_j − k_i‖² with p from Eq. 4 at the same anchors."""
-    return float((anchor_probs(u, keys, scale) * sq_dists(keys, u)).sum())
-
-
-def eq6_update(u: torch.Tensor, keys: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Eq. 6 with p (P, m) given. An anchor whose column of p is empty (all zero) stays put."""
-    mass = p.sum(0)[:, None]                                            # (m, 1)
-    new = (p.T @ keys) / mass.clamp_min(torch.finfo(keys.dtype).tiny)   # (m, d)
-    return torch.where(mass > 0, new, u)
-
-
-def eq6_step(u: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
-    """One Eq. 6 update, p from Eq. 4 at the current anchors: u (m, d), keys (P, d)."""
-    return eq6_update(u, keys, anchor_probs(u, keys, scale))
-
-
-def anchor_fixed_point(keys: torch.Tensor, m: int, iters: int = 20, scale: float | None = None,
-                       seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Anchors (m, d) for keys (P, d): k-means++ start, then ``iters`` Eq. 6 updates (float64).
-
-    The history holds J (Eq. 5) at the start and after every update, and the relative size
-    of each update, max_j ‖Δu_j‖ / max_i ‖k_i‖.
-    """
-    x = keys.detach().double()
-    scale = 1.0 / math.sqrt(x.shape[-1]) if scale is None else scale
-    u = kmeanspp(x.cpu(), m, torch.Generator().manual_seed(seed)).to(x.device)  # CPU generator
-    p = anchor_probs(u, x, scale)                                       # (P, m)
-    objective = [float((p * sq_dists(x, u)).sum())]
-    updates = []
-    key_norm = float(x.norm(dim=-1).max()) or 1.0
-    for _ in range(iters):
-        new = eq6_update(u, x, p)
-        updates.append(float((new - u).norm(dim=-1).max()) / key_norm)
-        u, p = new, anchor_probs(new, x, scale)
-        objective.append(float((p * sq_dists(x, u)).sum()))
-    monotone = all(b <= a * (1 + 1e-12) for a, b in zip(objective, objective[1:]))
-    return u, {"objective": objective, "update_rel": updates, "monotone": monotone}
-
-
-def summarise_history(hist: list[dict[str, Any]]) -> dict[str, Any]:
-    """A row-sized summary of several fixed-point histories (one per head, or one shared)."""
-    return {
-        "objective_start": sum(h["objective"][0] for h in hist),
-        "objective_end": sum(h["objective"][-1] for h in hist),
-        "monotone": all(h["monotone"] for h in hist),
-        "last_update_rel": max((h["update_rel"][-1] for h in hist if h["update_rel"]), default=None),
-    }
 
 
 def adam_update(params: list[torch.Tensor], grads: tuple[torch.Tensor, ...],
@@ -159,8 +82,7 @@ def fit_module(mode: str, module: torch.nn.Module, fit_data: Any, exact_fit: Any
     try:
         info = _apply(mode, module, wl, target, iters, steps, lr)
     except Exception as exc:  # the row becomes an error row that says fitting failed
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        raise RuntimeError(f"--fit {mode} failed: {type(exc).__name__}: {first}") from exc
+        raise RuntimeError(f"--fit {mode} failed: {one_line(exc)}") from exc
     return {"fit_info": info, "fit_time_s": time.perf_counter() - start}
 
 

@@ -86,15 +86,12 @@ def whole_call_line(records: Iterable[OpRecord], calls: int, bytes_moved: int | 
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
-    def cell(v: Any) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v).replace("|", "\\|")
+    """The top-ops table as GitHub markdown (the report's table writer)."""
+    import pandas as pd
 
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    return "\n".join(lines + ["| " + " | ".join(cell(r[c]) for c in TABLE_COLUMNS) + " |" for r in table])
+    from attnbench.report.render import markdown_table
+
+    return markdown_table(pd.DataFrame(table, columns=list(TABLE_COLUMNS)))
 
 
 # -- reading the profiler -------------------------------------------------------------------

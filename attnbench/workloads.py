@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from attnbench.methods.base import near_square_grid
+from attnbench.spec import one_line
 
 
 class WorkloadError(ValueError):
@@ -216,8 +217,7 @@ def _read_tensor_dict(path: str) -> dict[str, Any]:
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise WorkloadError(f"cannot read workload file {path!r}: {type(exc).__name__}: {first}") from None
+        raise WorkloadError(f"cannot read workload file {path!r}: {one_line(exc)}") from None
     if not isinstance(data, dict):
         raise WorkloadError(f"workload file {path!r} must hold a dict of tensors, got {type(data).__name__}")
     return data

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import attnbench
-from attnbench.fit import anchor_fixed_point, anchor_probs, eq5_objective, eq6_step, fit_module, kmeanspp
+from attnbench.fit import fit_module
+from attnbench.methods._cluster import kmeans_pp_init
+from attnbench.methods.anchor_fit import anchor_fixed_point, anchor_probs, eq5_objective, eq6_step
 from attnbench.workloads import make_workload
 
 
@@ -34,7 +36,7 @@ def test_eq6_is_the_stationary_point_of_eq5_for_fixed_p():
 
 def test_kmeanspp_picks_distinct_keys():
     keys = clustered_keys(5, 20, 6)
-    u = kmeanspp(keys, 5, torch.Generator().manual_seed(0))
+    u = kmeans_pp_init(keys[None], 5, torch.Generator().manual_seed(0))[0]
     assert all(any(torch.equal(row, k) for k in keys) for row in u)
     assert len({tuple(r.tolist()) for r in u}) == 5
 

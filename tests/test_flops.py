@@ -36,3 +36,20 @@ def test_matmul_macs_broadcasts_batch_dims():
     assert matmul_macs([6, 30, 64], [2, 6, 64, 100]) == 2 * 6 * 30 * 64 * 100
     assert matmul_macs([5, 7], [7]) == 35
     assert matmul_macs([3, 4, 5], [5, 2]) == 3 * 4 * 5 * 2
+
+
+def test_fvcore_count_of_any_module_uses_the_project_handles():
+    """Linear (2·5·8·3 MACs) + matmul (2·5·3·5) + softmax (zero): 390, nothing left uncounted."""
+    from attnbench.measure.flops import fvcore_count
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 3, bias=False)
+
+        def forward(self, x):
+            y = self.proj(x)                                     # (2, 5, 3)
+            return torch.softmax(torch.matmul(y, y.transpose(-1, -2)), dim=-1)  # (2, 5, 5)
+
+    out = fvcore_count(Toy(), (torch.randn(2, 5, 8),))
+    assert out == {"macs_fvcore": 2 * 5 * 8 * 3 + 2 * 5 * 3 * 5, "fvcore_uncounted_ops": []}

@@ -73,7 +73,7 @@ def run_cli(args, capsys):
 
 
 FIGURES = ("latency_vs_n", "memory_vs_n", "macs_vs_n", "error_vs_m", "pareto", "speedup_heatmap", "energy_vs_n")
-TABLES = ("provenance", "measurements", "scaling", "ablation_m", "table1", "models", "claims", "failed")
+TABLES = ("provenance", "measurements", "scaling", "ablation_m", "table1", "energy", "models", "claims", "failed")
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +127,18 @@ def test_tables_hold_every_ok_row_and_every_failure(built):
     assert sorted(models["attention"]) == ["anchor", "vanilla-math"]
     md = (out / "report.md").read_text()
     assert "mystery-attn" in md and "abc123" in md and "bench.py sweep --n x" in md
+
+
+def test_energy_table_holds_every_row_with_an_energy_reading(built):
+    _, (out, _) = built
+    energy = pd.read_csv(out / "tables" / "energy.csv")
+    want = sorted((r["method"], r["m"] or -1, r["n"], r["energy_j_per_call"]) for r in synthetic_rows()
+                  if r["status"] == "ok" and r.get("energy_j_per_call") is not None)
+    assert len(want) == 4 * len(NS)
+    got = [(r.method, -1 if pd.isna(r.m) else r.m, r.n, r.energy_j_per_call) for r in energy.itertuples()]
+    assert [g[:3] for g in got] == [w[:3] for w in want]
+    assert [g[3] for g in got] == pytest.approx([w[3] for w in want], rel=1e-3)
+    assert "Energy per call (J, NVML counter)" in (out / "report.md").read_text()
 
 
 def test_output_is_deterministic(built):
@@ -208,6 +220,44 @@ def test_paper_baselines_cite_table_and_page():
     t5_deit = paper[(paper["table"] == "Table 5") & (paper["attention"] == "vanilla")].set_index("model")
     assert {k: (t5_deit.loc[k, "params_m"], t5_deit.loc[k, "macs_g"]) for k in ("DeiT-T", "DeiT-S")} == \
         {k: PUBLISHED_TABLE1[k] for k in ("DeiT-T", "DeiT-S")}
+
+
+def test_missing_paper_tables_are_an_error_not_an_empty_claims_table(tmp_path):
+    from attnbench.report.claims import PaperTablesMissing
+
+    with pytest.raises(PaperTablesMissing, match="no published tables"):
+        claims_table(pd.DataFrame([model_row("deit_s", "vanilla", 22_050_664, 4_598_882_304)]
+                                  ).assign(kind="model"), paper=load_paper(tmp_path))
+
+
+def test_wheel_ships_the_paper_tables_readable_through_the_package(tmp_path):
+    """A wheel (what a non-editable install unpacks) holds baselines/paper/*.csv as
+    attnbench.paper_tables, and load_paper() reads them from there, not from the source tree."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # a clean copy: a stale build/ of the checkout would leak into the wheel
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns(".*", "venv", "build", "dist", "results", "tests",
+                                                              "*.egg-info", "__pycache__"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "--no-index", "-w", str(tmp_path), str(src)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    wheel, = tmp_path.glob("attnbench-*.whl")
+    csvs = sorted(p.name for p in (root / "baselines" / "paper").glob("*.csv"))
+    assert len(csvs) >= 2
+    assert {f"attnbench/paper_tables/{c}" for c in csvs} <= set(zipfile.ZipFile(wheel).namelist())
+    probe = ("import attnbench, json; from attnbench.report.claims import load_paper; p = load_paper(); "
+             "print(json.dumps([attnbench.__file__, len(p), sorted(p['table'].unique())]))")
+    read = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(wheel)})  # zipimport: no source tree
+    assert read.returncode == 0, read.stderr
+    where, n_rows, tables = json.loads(read.stdout.strip().splitlines()[-1])
+    assert where.startswith(str(wheel))
+    assert n_rows == sum(len(pd.read_csv(root / "baselines" / "paper" / c)) for c in csvs)
+    assert tables == ["Table 1", "Table 5"]
 
 
 def one_line_error(code, err, *needles):

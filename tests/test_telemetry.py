@@ -8,7 +8,7 @@ import pytest
 from attnbench.cli import main
 from attnbench.measure import telemetry as tm
 from attnbench.measure.timing import TimingConfig, time_fn
-from attnbench.report_energy import energy_markdown, energy_table
+from attnbench.report.energy import energy_markdown, energy_table
 
 
 def _nvml_works() -> bool:
@@ -248,3 +248,53 @@ def test_cuda_graph_replay_recomputes_from_current_inputs():
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, x @ x)
+
+
+# -- the environment's GPU is the one torch runs on ----------------------------------------
+class _TwoGpuNvml(types.ModuleType):
+    """A fake pynvml with two boards; the handle is the board's UUID, every reading names its board."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+    BOARDS = {"GPU-aaaa": {"sm": 1000, "mem": 2000, "max": 1500, "limit_mw": 300_000, "temp": 30},
+              "GPU-bbbb": {"sm": 1980, "mem": 2619, "max": 1980, "limit_mw": 700_000, "temp": 41}}
+
+    def __init__(self):
+        super().__init__("pynvml")
+
+    def nvmlInit(self): pass
+    def nvmlSystemGetDriverVersion(self): return b"999.1"
+    def nvmlDeviceGetHandleByIndex(self, i): return list(self.BOARDS)[i]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid not in self.BOARDS:
+            raise RuntimeError(f"no board {uuid}")
+        return uuid
+
+    def nvmlDeviceGetClockInfo(self, h, kind): return self.BOARDS[h]["sm" if kind == 1 else "mem"]
+    def nvmlDeviceGetMaxClockInfo(self, h, kind): return self.BOARDS[h]["max"]
+    def nvmlDeviceGetEnforcedPowerLimit(self, h): return self.BOARDS[h]["limit_mw"]
+    def nvmlDeviceGetTemperature(self, h, sensor): return self.BOARDS[h]["temp"]
+
+
+def test_env_reports_the_gpu_whose_uuid_torch_sees(monkeypatch):
+    """CUDA_VISIBLE_DEVICES=1: torch's cuda:0 is NVML's board 1; the env must describe board 1."""
+    import sys
+
+    import torch
+
+    from attnbench.measure import env
+
+    monkeypatch.setitem(sys.modules, "pynvml", _TwoGpuNvml())
+    monkeypatch.setattr(tm, "_UNAVAILABLE", {})
+    monkeypatch.setattr(tm, "_DEVICES", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: f"Fake cuda:{i}")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid="bbbb"))
+    info = env.collect_env("cuda")
+    assert {k: info[k] for k in (*env.NVML_KEYS, "nvml_reason")} == {
+        "nvml_driver": "999.1", "gpu_sm_clock_mhz": 1980, "gpu_mem_clock_mhz": 2619,
+        "gpu_max_sm_clock_mhz": 1980, "gpu_power_limit_w": 700.0, "gpu_temperature_c": 41,
+        "nvml_reason": None}
+    assert info["device_name"] == "Fake cuda:0"
+    assert tm.LoopTelemetry(0).dev.handle == "GPU-bbbb"  # telemetry and env share the one handle

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from attnbench.spec import one_line
+
 KL_EPS = 1e-10
 MAX_N = 4096
 
@@ -40,9 +42,8 @@ def attn_map_metrics(module: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, 
     try:
         return _attn_map_metrics(module, q, k, v, grid, max_n, block)
     except Exception as exc:
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
         return {"attn_kl_mean": None, "attn_tv_mean": None,
-                "attn_map_reason": f"attention-map metrics failed: {type(exc).__name__}: {first}"}
+                "attn_map_reason": f"attention-map metrics failed: {one_line(exc)}"}
 
 
 def _attn_map_metrics(module, q, k, v, grid, max_n, block) -> dict[str, Any]:

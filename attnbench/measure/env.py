@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from .telemetry import NvmlDevice, TelemetryUnavailable
+
 
 def _version(module: str) -> str | None:
     try:
@@ -32,7 +34,7 @@ def cpu_model() -> str:
 def device_label(device: str) -> str:
     """The model of the device a row runs on: the GPU's name, or the CPU's model name."""
     if device == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+        return torch.cuda.get_device_name(torch.cuda.current_device())
     return cpu_model()
 
 
@@ -56,43 +58,33 @@ NVML_KEYS = ("nvml_driver", "gpu_sm_clock_mhz", "gpu_mem_clock_mhz", "gpu_max_sm
              "gpu_power_limit_w", "gpu_temperature_c")
 
 
-def nvml_info(device_index: int = 0) -> dict[str, Any]:
-    """Driver, clocks and power limit through nvidia-ml-py; nulls and a reason without NVML."""
-    empty = dict.fromkeys(NVML_KEYS)
+def nvml_info(torch_index: int = 0) -> dict[str, Any]:
+    """Driver, clocks, power limit and temperature of torch's CUDA device ``torch_index``, reached
+    through telemetry's UUID-based NVML handle (right under CUDA_VISIBLE_DEVICES); nulls and a
+    reason without NVML, a null field and its error in ``nvml_reason`` for an unsupported query."""
     try:
-        import pynvml
-    except ImportError as exc:
-        return {**empty, "nvml_reason": f"nvidia-ml-py not importable: {exc}"}
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        return {**empty, "nvml_reason": f"NVML unavailable: {exc}"}
-    try:
-        h = pynvml.nvmlDeviceGetHandleByIndex(device_index)
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        return {
-            "nvml_driver": driver.decode() if isinstance(driver, bytes) else driver,
-            "gpu_sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
-            "gpu_mem_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
-            "gpu_max_sm_clock_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
-            "gpu_power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
-            "gpu_temperature_c": pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
-            "nvml_reason": None,
-        }
-    except Exception as exc:
-        return {**empty, "nvml_reason": f"NVML query failed: {exc}"}
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
+        dev = NvmlDevice.for_torch_index(torch_index)
+    except TelemetryUnavailable as exc:
+        return {**dict.fromkeys(NVML_KEYS), "nvml_reason": str(exc)}
+    errors: list[str] = []
+    driver = dev.query(dev.nv.nvmlSystemGetDriverVersion, errors, "driver version")
+    info = {
+        "nvml_driver": driver.decode() if isinstance(driver, bytes) else driver,
+        "gpu_sm_clock_mhz": dev.clock_mhz("sm", errors),
+        "gpu_mem_clock_mhz": dev.clock_mhz("mem", errors),
+        "gpu_max_sm_clock_mhz": dev.clock_mhz("sm", errors, getter="nvmlDeviceGetMaxClockInfo"),
+        "gpu_power_limit_w": dev.power_limit_w(errors),
+        "gpu_temperature_c": dev.temperature_c(errors),
+    }
+    return {**info, "nvml_reason": "; ".join(dict.fromkeys(errors)) or None}
 
 
 def collect_env(device: str = "cpu", seed: int | None = None) -> dict[str, Any]:
     """Everything needed to reproduce or compare a row: stored with every row."""
     cuda = device == "cuda" and torch.cuda.is_available()
+    index = torch.cuda.current_device() if cuda else 0
     env: dict[str, Any] = {
-        "device_name": device_label(device) if cuda else cpu_model(),
+        "device_name": torch.cuda.get_device_name(index) if cuda else cpu_model(),
         "device_type": device,
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -113,7 +105,7 @@ def collect_env(device: str = "cpu", seed: int | None = None) -> dict[str, Any]:
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
     if device == "cuda":
-        env.update(nvml_info(torch.cuda.current_device() if cuda else 0))
+        env.update(nvml_info(index))
     else:
         env.update({**dict.fromkeys(NVML_KEYS), "nvml_reason": f"not a GPU run (device {device})"})
     return env

@@ -65,30 +65,38 @@ def _zero_handle(inputs, outputs) -> int:
     return 0
 
 
-def fvcore_macs(module: torch.nn.Module, q, k, v, grid=None) -> dict[str, Any]:
-    """fvcore FlopCountAnalysis of ``module(q, k, v, grid)`` with our extra handles."""
+def fvcore_count(module: torch.nn.Module, inputs: tuple) -> dict[str, Any]:
+    """fvcore FlopCountAnalysis of ``module(*inputs)`` with the project's handles (matmul and SDPA
+    counted, ZERO_OPS as zero); macs_fvcore and the ops fvcore could not count."""
     from fvcore.nn import FlopCountAnalysis
-
-    class _Call(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = module
-
-        def forward(self, q_, k_, v_):
-            return self.inner(q_, k_, v_, grid=grid)
 
     handles = {op: _zero_handle for op in ZERO_OPS}
     handles.update({
         "aten::matmul": _matmul_handle,
         "aten::scaled_dot_product_attention": _sdpa_handle,
     })
-    analysis = FlopCountAnalysis(_Call(), (q, k, v)).set_op_handle(**handles)
+    analysis = FlopCountAnalysis(module, inputs).set_op_handle(**handles)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit deprecation and tracer notes
         total = int(analysis.total())
-    skipped = sorted(analysis.unsupported_ops())
-    return {"macs_fvcore": total, "fvcore_uncounted_ops": skipped}
+    return {"macs_fvcore": total, "fvcore_uncounted_ops": sorted(analysis.unsupported_ops())}
+
+
+class _Call(torch.nn.Module):
+    """An attention method called as ``module(q, k, v)`` with its grid bound, for tracing."""
+
+    def __init__(self, module: torch.nn.Module, grid) -> None:
+        super().__init__()
+        self.inner, self.grid = module, grid
+
+    def forward(self, q, k, v):
+        return self.inner(q, k, v, grid=self.grid)
+
+
+def fvcore_macs(module: torch.nn.Module, q, k, v, grid=None) -> dict[str, Any]:
+    """fvcore multiply-adds of the attention ``module(q, k, v, grid)``; q, k, v (B, H, N, d)."""
+    return fvcore_count(_Call(module, grid), (q, k, v))
 
 
 def _sdpa_cpu_formula(query, key, value, *args, out_shape=None, **kwargs) -> int:

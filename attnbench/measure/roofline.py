@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import torch
 
+from attnbench.spec import one_line
+
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 ROOFLINE_FIELDS = ("bytes_min", "achieved_gbps", "achieved_tflops", "frac_copy_bw", "frac_matmul_peak",
                    "roofline_flops_basis")
@@ -119,7 +121,7 @@ def _device_peaks(device: str, dtype: str) -> tuple[tuple[str, Any], ...]:
         try:
             peaks.update(measure())
         except Exception as exc:  # a failed probe leaves null fractions with the reason
-            peaks[f"{name}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            peaks[f"{name}_error"] = one_line(exc)
     if device == "cuda":
         torch.cuda.empty_cache()  # hand the probe buffers back before the measured rows
     return tuple(peaks.items())

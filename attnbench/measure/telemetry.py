@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from attnbench.spec import one_line
+
 # NVML clock event ("throttle") reason bits, nvml.h nvmlClocksEventReason*.
 THROTTLE_BITS: tuple[tuple[int, str], ...] = (
     (0x001, "gpu_idle"),
@@ -130,12 +132,12 @@ def _nvml():
     try:
         import pynvml
     except ImportError as exc:
-        _UNAVAILABLE["reason"] = f"nvidia-ml-py not importable: {exc}"
+        _UNAVAILABLE["reason"] = f"nvidia-ml-py not importable: {one_line(exc)}"
         raise TelemetryUnavailable(_UNAVAILABLE["reason"]) from None
     try:
         pynvml.nvmlInit()  # reference counted; kept open for the process
     except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        _UNAVAILABLE["reason"] = f"NVML unavailable: {type(exc).__name__}: {exc}"
+        _UNAVAILABLE["reason"] = f"NVML unavailable: {one_line(exc)}"
         raise TelemetryUnavailable(_UNAVAILABLE["reason"]) from None
     return pynvml
 
@@ -185,15 +187,24 @@ class NvmlDevice:
             or self.nv.nvmlDeviceGetCurrentClocksThrottleReasons
         return int(get(self.handle))
 
+    def clock_mhz(self, which: str, errors: list[str], getter: str = "nvmlDeviceGetClockInfo") -> int | None:
+        """The current (or, with ``getter='nvmlDeviceGetMaxClockInfo'``, maximum) 'sm' or 'mem' clock."""
+        kind = getattr(self.nv, f"NVML_CLOCK_{which.upper()}")
+        return self.query(lambda: getattr(self.nv, getter)(self.handle, kind), errors, f"{which} clock")
+
+    def temperature_c(self, errors: list[str]) -> int | None:
+        return self.query(lambda: self.nv.nvmlDeviceGetTemperature(self.handle, self.nv.NVML_TEMPERATURE_GPU),
+                          errors, "temperature")
+
     def snapshot(self, errors: list[str]) -> dict[str, Any]:
         """Clocks (MHz), temperature (C), power (W), throttle reasons, utilisation (%) now."""
         nv, h, q = self.nv, self.handle, self.query
         util = q(lambda: nv.nvmlDeviceGetUtilizationRates(h), errors, "utilization")
         power_mw = q(lambda: nv.nvmlDeviceGetPowerUsage(h), errors, "power")
         return {
-            "sm_clock_mhz": q(lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM), errors, "sm clock"),
-            "mem_clock_mhz": q(lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM), errors, "mem clock"),
-            "temp_c": q(lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU), errors, "temperature"),
+            "sm_clock_mhz": self.clock_mhz("sm", errors),
+            "mem_clock_mhz": self.clock_mhz("mem", errors),
+            "temp_c": self.temperature_c(errors),
             "power_w": None if power_mw is None else power_mw / 1000.0,
             "throttle": decode_throttle(q(self.throttle_mask, errors, "throttle reasons")),
             "util_gpu_pct": None if util is None else int(util.gpu),

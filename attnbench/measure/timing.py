@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from attnbench.measure.telemetry import EnergyBudget, LoopTelemetry, cpu_telemetry, null_telemetry
+from attnbench.spec import one_line
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,7 @@ def capture_cuda_graph(fn: Callable[[], Any], warmup_calls: int = 3) -> tuple[An
         with torch.cuda.graph(graph):
             outputs = fn()
     except Exception as exc:
-        raise RuntimeError(f"CUDA graph capture failed: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise RuntimeError(f"CUDA graph capture failed: {one_line(exc)}") from exc
     return graph, outputs
 
 

@@ -21,8 +21,8 @@ def heads_as_point_sets(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).reshape(h, b * n, d)
 
 
-def _sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Squared distances (H, P, m) between points x (H, P, d) and centres c (H, m, d)."""
+def sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Squared distances (..., P, m) between points x (..., P, d) and centres c (..., m, d), clamped at 0."""
     d2 = (x * x).sum(-1, keepdim=True) - 2 * x @ c.transpose(-1, -2) + (c * c).sum(-1).unsqueeze(-2)
     return d2.clamp_min(0)
 
@@ -32,20 +32,20 @@ def kmeans_pp_init(x: torch.Tensor, m: int, gen: torch.Generator) -> torch.Tenso
     h, p, d = x.shape
     first = torch.randint(p, (h,), generator=gen)
     centres = [x[torch.arange(h), first]]                        # list of (H, d)
-    d2 = _sq_dist(x, centres[0].unsqueeze(1)).squeeze(-1)        # (H, P)
+    d2 = sq_dist(x, centres[0].unsqueeze(1)).squeeze(-1)        # (H, P)
     for _ in range(1, m):
         weights = d2.double().cpu()
         flat = weights.sum(-1, keepdim=True) <= 0                # all points already chosen
         weights = torch.where(flat, torch.ones_like(weights), weights)
         pick = torch.multinomial(weights, 1, generator=gen).squeeze(-1).to(x.device)  # (H,)
         centres.append(x[torch.arange(h), pick])
-        d2 = torch.minimum(d2, _sq_dist(x, centres[-1].unsqueeze(1)).squeeze(-1))
+        d2 = torch.minimum(d2, sq_dist(x, centres[-1].unsqueeze(1)).squeeze(-1))
     return torch.stack(centres, dim=1)                           # (H, m, d)
 
 
 def lloyd_step(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """One Lloyd update; a centre that loses all its points stays where it was."""
-    assign = _sq_dist(x, c).argmin(-1)                           # (H, P)
+    assign = sq_dist(x, c).argmin(-1)                           # (H, P)
     onehot = torch.nn.functional.one_hot(assign, c.shape[1]).to(x.dtype)  # (H, P, m)
     counts = onehot.sum(1).unsqueeze(-1)                         # (H, m, 1)
     sums = onehot.transpose(-1, -2) @ x                          # (H, m, d)
@@ -70,5 +70,5 @@ def kmeans(x: torch.Tensor, m: int, iters: int = 20, seed: int = 0) -> KMeansFit
         c = new
         if not moved:
             break
-    inertia = _sq_dist(x64, c).min(-1).values.sum(-1)            # (H,)
+    inertia = sq_dist(x64, c).min(-1).values.sum(-1)            # (H,)
     return KMeansFit(centroids=c.to(x.dtype), inertia=inertia, iters=done if iters else 0)

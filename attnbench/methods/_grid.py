@@ -1,4 +1,4 @@
-"""Token-grid helpers shared by the grid methods (window, pvt, pvt-linear)."""
+"""Token-grid helpers shared by the grid methods (window, pvt, pvt-linear, agent, biformer)."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +8,7 @@ from attnbench.methods.base import resolve_grid
 
 def checked_grid(n: int, grid: tuple[int, int] | None) -> tuple[int, int]:
     """The (H, W) grid for n tokens; ValueError when a given grid does not hold exactly n tokens."""
+    n = int(n)  # a traced shape arrives as a tensor
     h, w = resolve_grid(n, grid)
     if h * w != n:
         raise ValueError(f"grid {h}x{w} holds {h * w} tokens but the inputs have N={n}; "

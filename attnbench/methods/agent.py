@@ -22,19 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.methods._cluster import heads_as_point_sets, kmeans
-from attnbench.methods.base import AttentionMethod, near_square_grid, resolve_grid
+from attnbench.methods._grid import checked_grid, from_image, to_image
+from attnbench.methods.base import AttentionMethod, near_square_grid
 from attnbench.registry import register
 
 BIAS_TABLE_SIDE = 7
-
-
-def grid_checked(n: int, grid) -> tuple[int, int]:
-    """The (H, W) grid for N tokens; ValueError unless H·W == N."""
-    n = int(n)  # a traced shape arrives as a tensor
-    h, w = resolve_grid(n, grid)
-    if h * w != n:
-        raise ValueError(f"grid {h}x{w} does not hold the {n} tokens (needs H*W == N)")
-    return h, w
 
 
 def agent_grid(m: int, grid: tuple[int, int]) -> tuple[int, int]:
@@ -43,21 +35,9 @@ def agent_grid(m: int, grid: tuple[int, int]) -> tuple[int, int]:
     return (b, a) if grid[0] > grid[1] else (a, b)
 
 
-def to_image(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, H, N, d) -> (B, H·d, gh, gw) channel-first image of the token grid."""
-    b, h, n, d = x.shape
-    return x.permute(0, 1, 3, 2).reshape(b, h * d, *grid)
-
-
-def from_image(img: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, H·d, a, b) -> (B, H, a·b, d)."""
-    b, c = img.shape[:2]
-    return img.reshape(b, heads, c // heads, -1).transpose(-1, -2)
-
-
 def pool_agents(q: torch.Tensor, m: int, grid: tuple[int, int]) -> torch.Tensor:
     """(B, H, N, d) queries -> (B, H, m, d) agents by adaptive average pooling over the grid."""
-    img = F.adaptive_avg_pool2d(to_image(q, grid), agent_grid(m, grid))  # (B, H·d, h_a, w_a)
+    img = F.adaptive_avg_pool2d(to_image(q, *grid), agent_grid(m, grid))  # (B, H·d, h_a, w_a)
     return from_image(img, q.shape[1])
 
 
@@ -102,7 +82,7 @@ class AgentAttention(AttentionMethod):
 
     def weights(self, q, k, grid):
         """Q_attn (B, H, N, m) and A_attn (B, H, m, N), both row-stochastic."""
-        grid = grid_checked(q.shape[-2], grid)
+        grid = checked_grid(q.shape[-2], grid)
         agents = self.agents(q, grid)                                         # (B, H, m, d)
         b_an, b_na = self.position_biases(grid, q.dtype)
         a_attn = torch.softmax((agents @ k.transpose(-1, -2)) * self.scale + b_an, dim=-1)
@@ -113,8 +93,8 @@ class AgentAttention(AttentionMethod):
         q_attn, a_attn = self.weights(q, k, grid)
         out = q_attn @ (a_attn @ v)                                           # (B, H, N, d)
         if self.dwc:
-            g = grid_checked(q.shape[-2], grid)
-            out = out + from_image(self.conv(to_image(v, g)), self.heads)
+            g = checked_grid(q.shape[-2], grid)
+            out = out + from_image(self.conv(to_image(v, *g)), self.heads)
         return out
 
     def attention_matrix(self, q, k, v, grid=None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from attnbench.methods.anchor_fit import anchor_fixed_point, summarise_history
 from attnbench.methods.base import AttentionMethod
 from attnbench.registry import register
 
@@ -77,8 +78,6 @@ class AnchorAttention(AttentionMethod):
 
     def fit_closed(self, q, k, v, grid=None, iters=20):
         """Eq. 5-6 fixed point from k-means++ on the keys: per head, or over all heads if shared."""
-        from attnbench.fit import anchor_fixed_point, summarise_history
-
         d = k.shape[-1]
         groups = [k.transpose(0, 1).reshape(-1, d)] if self.shared else \
             [k[:, h].reshape(-1, d) for h in range(k.shape[1])]             # (B·N, d) each

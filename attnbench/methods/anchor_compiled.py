@@ -20,6 +20,7 @@ import torch
 
 from attnbench.methods.anchor import AnchorAttention, anchor_attention
 from attnbench.registry import register
+from attnbench.spec import one_line
 
 
 class CompileError(RuntimeError):
@@ -52,9 +53,7 @@ class AnchorCompiled(AnchorAttention):
             out = self._warm_up(fn, k, v)
             self.compile_time_s = time.perf_counter() - t0
         except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise CompileError(f"torch.compile(backend={self.backend!r}) failed: {type(exc).__name__}: "
-                               f"{text[0][:300] if text else ''}") from exc
+            raise CompileError(f"torch.compile(backend={self.backend!r}) failed: {one_line(exc)}") from exc
         with torch.no_grad():
             self.compiled_vs_eager_max_abs = float((out.detach() - self._eager(k, v)).abs().max())
         return fn

@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import torch
 
-from attnbench.methods.agent import grid_checked
+from attnbench.methods._grid import checked_grid
 from attnbench.methods.base import AttentionMethod
 from attnbench.registry import register
 
@@ -78,7 +78,7 @@ class BiFormerAttention(AttentionMethod):
 
     def layout(self, n, grid, device):
         """(grid, slot token index (R, t), slot validity (R, t)) on ``device``."""
-        g = grid_checked(n, grid)
+        g = checked_grid(n, grid)
         idx, valid = region_layout(g, self.regions)
         return g, idx.to(device), valid.to(device)
 
@@ -112,7 +112,7 @@ class BiFormerAttention(AttentionMethod):
         return mat.view(b, h, n, n)
 
     def macs(self, batch, n, grid=None):
-        idx, _ = region_layout(grid_checked(n, grid), self.regions)
+        idx, _ = region_layout(checked_grid(n, grid), self.regions)
         r, t = idx.shape
         k = min(self.topk, r)
         # routing q̄ k̄ᵀ over all heads' channels: R²·H·d; q kᵀ and P v over padded slots: 2·R·t·k·t·d per head

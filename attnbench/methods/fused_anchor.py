@@ -23,6 +23,7 @@ import torch
 
 from attnbench.methods.anchor import AnchorAttention
 from attnbench.registry import register
+from attnbench.spec import one_line
 
 Triple = "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"
 ForwardImpl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], Triple]  # (k, v, anchors, scale) -> out, M2, s
@@ -138,7 +139,7 @@ def _triton_reason() -> str | None:
     try:
         import triton  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install raising at import
-        return f"triton is not importable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})."
+        return f"triton is not importable ({one_line(exc)})."
     return None
 
 

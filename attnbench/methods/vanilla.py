@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from attnbench.methods.base import AttentionMethod
 from attnbench.reference import softmax_attention, softmax_matrix
 from attnbench.registry import register
+from attnbench.spec import one_line
 
 # aten operator name -> SDPA backend, as seen by the profiler.
 _SDPA_BACKENDS = {
@@ -70,7 +71,7 @@ def _xformers_reason() -> str | None:
     try:
         import xformers.ops  # noqa: F401
     except Exception as exc:  # ImportError, or a broken build raising at import
-        return f"xformers is not importable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})."
+        return f"xformers is not importable ({one_line(exc)})."
     return None
 
 

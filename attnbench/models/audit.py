@@ -11,7 +11,6 @@ import datetime as _dt
 import sys
 import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 
 from attnbench import registry, rows
 from attnbench.measure.env import collect_env, device_label
-from attnbench.measure.flops import ZERO_OPS, _matmul_handle, _sdpa_handle, _zero_handle, torch_flops
+from attnbench.measure.flops import fvcore_count, torch_flops
 from attnbench.models.vit import ViT, count_params, vit_config
 from attnbench.results import RowWriter, measured_keys, read_rows
 from attnbench.spec import is_oom, one_line
@@ -58,16 +57,7 @@ def build_model(cfg: ModelConfig) -> ViT:
 
 def fvcore_model_macs(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
     """fvcore multiply-adds of ``model(images)`` with the sweep's extra op handles."""
-    from fvcore.nn import FlopCountAnalysis
-
-    handles = {op: _zero_handle for op in ZERO_OPS}
-    handles.update({"aten::matmul": _matmul_handle, "aten::scaled_dot_product_attention": _sdpa_handle})
-    analysis = FlopCountAnalysis(model, (images,)).set_op_handle(**handles)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        total = int(analysis.total())
-    return {"macs_fvcore": total, "fvcore_uncounted_ops": sorted(analysis.unsupported_ops())}
+    return fvcore_count(model, (images,))
 
 
 def images_per_second(model: torch.nn.Module, images: torch.Tensor, iters: int) -> dict[str, Any]:

@@ -10,8 +10,10 @@ import pandas as pd
 from attnbench.report import figures as F
 from attnbench.report import tables as T
 from attnbench.report.claims import claims_table
+from attnbench.report.energy import energy_frame
 from attnbench.report.load import RunData, load_runs
 from attnbench.report.render import Page, to_html, to_markdown, write_tables
+from attnbench.spec import one_line
 
 
 @dataclass
@@ -47,7 +49,7 @@ def add_figure(ctx: Context, rows: pd.DataFrame, fields: tuple[str, ...], name: 
     try:
         ctx.result.files += F.save(draw(), ctx.figures, name)
     except Exception as exc:  # a figure that cannot be drawn is reported, the rest goes on
-        ctx.result.problems.append(f"{name} failed for {where}: {type(exc).__name__}: {exc}")
+        ctx.result.problems.append(f"{name} failed for {where}: {one_line(exc)}")
         return
     ctx.page.add("figure", caption, name)
 
@@ -79,6 +81,8 @@ def group_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str) -> No
     if "energy_j_per_call" in T.optional_columns(ok):
         add_figure(ctx, ok, ("energy_j_per_call",), f"energy_vs_n{suffix}", "Energy per call vs n",
                    lambda: F.line_vs_n(ok, "energy_j_per_call", "energy per call (J)", label), label)
+        add_table(ctx, f"energy{suffix}", "Energy per call (J, NVML counter) with the GPU's power, clocks and "
+                  "throttle reasons other than idle", energy_frame(ok), "none")
     budget_section(ctx, label, ok, suffix)
     at_n_section(ctx, label, ok, suffix)
 

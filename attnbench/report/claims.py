@@ -1,21 +1,45 @@
-"""Published numbers (baselines/paper/*.csv) next to measured model rows, difference in percent."""
+"""Published numbers (baselines/paper/*.csv, installed as package data) next to measured model rows,
+difference in percent."""
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-PAPER_DIR = Path(__file__).resolve().parents[2] / "baselines" / "paper"
+from attnbench.report.load import ReportError
+
+PAPER_PACKAGE = "attnbench.paper_tables"  # baselines/paper/ in the source tree, package data when installed
 PAPER_IMG = 224  # ImageNet at 224 x 224 throughout the paper's Table 1 and Table 5
 QUANTITIES = (("params_m", "params (M)", 1e6, "param_count"), ("macs_g", "MACs (G, fvcore)", 1e9, "macs_fvcore"))
 
 
-def load_paper(folder: Path = PAPER_DIR) -> pd.DataFrame:
-    """All published rows, in file order; an empty frame when there are none."""
-    files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
+class PaperTablesMissing(ReportError):
+    """The published tables are not where the package says they are: a broken installation."""
+
+
+def paper_files(folder: Path | None = None) -> list:
+    """The published tables' CSV files (importlib.resources Traversables), from the package data
+    ``attnbench.paper_tables`` or from ``folder``; PaperTablesMissing when there are none."""
+    try:
+        root = Path(folder) if folder is not None else resources.files(PAPER_PACKAGE)
+    except ModuleNotFoundError:
+        raise PaperTablesMissing(f"the published tables ({PAPER_PACKAGE}) are not installed; reinstall "
+                                 "attnbench (pip install -e . in a source checkout)") from None
+    files = sorted((f for f in root.iterdir() if f.name.endswith(".csv")), key=lambda f: f.name) \
+        if root.is_dir() else []
     if not files:
-        return pd.DataFrame()
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+        raise PaperTablesMissing(f"no published tables (*.csv) in {root}")
+    return files
+
+
+def load_paper(folder: Path | None = None) -> pd.DataFrame:
+    """All published rows, in file order (files sorted by name)."""
+    frames = []
+    for f in paper_files(folder):
+        with f.open("r") as fh:
+            frames.append(pd.read_csv(fh))
+    return pd.concat(frames, ignore_index=True)
 
 
 def matching_rows(models: pd.DataFrame, paper_row: pd.Series) -> pd.DataFrame:

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import pandas as pd
+
+from attnbench.report.render import markdown_table
+
 ENERGY_COLUMNS = ("method", "n", "m", "dtype", "mode", "timing_mode", "latency_ms", "energy_j_per_call",
                   "energy_resolution_rel", "gpu_power_avg_w", "gpu_power_limit_w", "gpu_sm_clock_mhz_after",
                   "gpu_mem_clock_mhz_after", "gpu_temp_c_after", "throttle")
@@ -28,13 +32,12 @@ def energy_table(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(lines, key=lambda r: (r["method"], r["m"] if r["m"] is not None else -1, r["timing_mode"], r["n"]))
 
 
-def energy_markdown(table: list[dict[str, Any]]) -> str:
-    """The table as GitHub markdown; numbers to 4 significant digits, missing values as '-'."""
-    def cell(v: Any) -> str:
-        if v is None:
-            return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+def energy_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """``energy_table`` of a report's rows (NaN cells read as missing) as a frame of ENERGY_COLUMNS."""
+    records = rows.astype(object).where(rows.notna(), None).to_dict("records")
+    return pd.DataFrame(energy_table(records), columns=list(ENERGY_COLUMNS))
 
-    head = "| " + " | ".join(ENERGY_COLUMNS) + " |"
-    rule = "|" + "---|" * len(ENERGY_COLUMNS)
-    return "\n".join([head, rule] + ["| " + " | ".join(cell(r[c]) for c in ENERGY_COLUMNS) + " |" for r in table])
+
+def energy_markdown(table: list[dict[str, Any]]) -> str:
+    """The table as GitHub markdown, written as the report writes its tables."""
+    return markdown_table(pd.DataFrame(table, columns=list(ENERGY_COLUMNS)))
