@@ -323,6 +323,8 @@ def test_pvt_rejects_a_grid_that_does_not_hold_n(name):
     ("pvt", {"sr": 4, "reduce": "conv"}, (3, 11)),
     ("pvt", {"sr": 3, "reduce": "avg"}, (10, 10)),
     ("pvt-linear", {"pool": 4}, (9, 11)),
+    ("castling", {}, (9, 11)),
+    ("castling", {"variant": "official"}, (9, 11)),
 ], ids=str)
 def test_grid_method_macs_match_counters_on_awkward_grids(name, kw, grid):
     n = grid[0] * grid[1]
@@ -370,6 +372,35 @@ def test_castling_equals_explicit_quadratic_form(n, d):
     torch.testing.assert_close(p.sum(-1), torch.ones(2, 3, n, dtype=torch.float64))
 
 
+def _official_castling(q, k, v, taps):
+    """Per token: x_i = ½ v_i + Σ_j cos∠(q_i, k_j) v_j / π, out_i = x_i / ‖x_i‖ + Σ_t c[t] v_{i+t-4}
+    (one 9-tap filter c per head, tokens outside 0..N-1 are zero)."""
+    b, h, n, d = q.shape
+    cos = torch.einsum("bhid,bhjd->bhij", q, k) / (q.norm(dim=-1)[..., :, None] * k.norm(dim=-1)[..., None, :])
+    x = 0.5 * v + (cos @ v) / math.pi
+    out = x / x.norm(dim=-1, keepdim=True)
+    half = taps.shape[-1] // 2
+    for i in range(n):
+        for t in range(taps.shape[-1]):
+            j = i + t - half
+            if 0 <= j < n:
+                out[:, :, i] += taps[None, :, t, None] * v[:, :, j]
+    return out
+
+
+@pytest.mark.parametrize("n,d", [(5, 3), (37, 8), (196, 16)], ids=lambda x: str(x))
+def test_castling_official_variant_equals_reference(n, d):
+    q, k, v = _qkv(2, 3, n, d, seed=n + 2, q_scale=3.0)
+    mod = _create("castling", 3, d, variant="official")
+    taps = mod.conv_weight.detach().reshape(3, 9)
+    assert taps.abs().max() <= 1 / 3 and taps.std() > 0
+    torch.testing.assert_close(mod(q, k, v), _official_castling(q, k, v, taps))
+    assert mod.attention_matrix(q, k, v) is None
+    assert (mod(q, k, v) - _create("castling", 3, d)(q, k, v)).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="variant"):
+        _create("castling", 3, d, variant="code")
+
+
 def test_castling_kernel_is_the_linear_part_of_the_angular_kernel():
     x = torch.tensor([-1e-4, 0.0, 1e-4], dtype=torch.float64)     # cos of the angle, near 0
     angular = 1 - torch.arccos(x) / math.pi
@@ -395,9 +426,57 @@ def test_performer_error_falls_as_features_grow(n):
     assert errs[1] < errs[0] / 2 and errs[2] < errs[1] / 3, errs
 
 
+def _favor_features(x, w, is_query, eps):
+    """The module docstring's φ written out: exp(W x' − ‖x'‖²/2 − max)/√m + eps/√m, x' = x d^-1/4,
+    the max over each query's projections, or over all keys and projections of a (batch, head)."""
+    d, m = x.shape[-1], w.shape[0]
+    xs = x * d ** -0.25
+    proj = torch.einsum("bhnd,md->bhnm", xs, w)
+    sq = (xs ** 2).sum(-1, keepdim=True) / 2
+    stab = proj.amax(-1, keepdim=True) if is_query else proj.amax((-2, -1), keepdim=True)
+    return (torch.exp(proj - sq - stab) + eps) / math.sqrt(m)
+
+
+def _performer_reference(q, k, v, w, eps, stabilizer):
+    """out = φ(Q)(φ(K)ᵀV) / R', R = φ(Q)·Σφ(K); R' = R + 2 eps [|R| <= eps] (official) or R."""
+    fq, fk = _favor_features(q, w, True, eps), _favor_features(k, w, False, eps)
+    r = fq @ fk.sum(-2).unsqueeze(-1)                              # (B, H, N, 1)
+    if stabilizer == "official":
+        r = torch.where(r.abs() <= eps, r + 2 * eps, r)
+    return (fq @ (fk.transpose(-1, -2) @ v)) / r, r
+
+
+@pytest.mark.parametrize("stabilizer", ["official", "none"])
+@pytest.mark.parametrize("n,d,q_scale", [(45, 9, 2.0), (196, 16, 3.0), (50, 8, 0.5)])
+def test_performer_equals_reference_with_each_stabilizer(n, d, q_scale, stabilizer):
+    q, k, v = _qkv(2, 3, n, d, seed=n, q_scale=q_scale)
+    mod = _create("performer", 3, d, stabilizer=stabilizer)
+    ref, _ = _performer_reference(q, k, v, mod.projection.double(), 1e-6, stabilizer)
+    out = mod(q, k, v)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(mod.attention_matrix(q, k, v) @ v, out)
+
+
+def test_performer_stabilizer_changes_rows_whose_denominator_underflows():
+    """Sharp queries: some rows have R <= eps; the official stabiliser divides those by R + 2 eps
+    (row weights then sum to R / (R + 2 eps) < 1), the others are unchanged."""
+    q, k, v = _qkv(2, 3, 45, 9, seed=2, q_scale=2.0)
+    official, plain = _create("performer", 3, 9), _create("performer", 3, 9, stabilizer="none")
+    _, r = _performer_reference(q, k, v, plain.projection.double(), 1e-6, "none")
+    small = (r.abs() <= 1e-6).squeeze(-1)                          # (B, H, N)
+    assert small.any() and not small.all()
+    diff = (official(q, k, v) - plain(q, k, v)).abs().amax(-1)
+    assert torch.all(diff[~small] == 0) and torch.all(diff[small] > 0)
+    sums = official.attention_matrix(q, k, v).sum(-1)
+    torch.testing.assert_close(sums[~small], torch.ones_like(sums[~small]))
+    torch.testing.assert_close(sums[small], (r / (r + 2e-6)).squeeze(-1)[small])
+    with pytest.raises(ValueError, match="stabilizer"):
+        _create("performer", 3, 9, stabilizer="off")
+
+
 def test_performer_attention_matrix_and_fixed_features():
     q, k, v = _qkv(2, 3, 45, 9, seed=2, q_scale=2.0)
-    mod = _create("performer", 3, 9)
+    mod = _create("performer", 3, 9, stabilizer="none")
     assert mod.features == math.ceil(9 * math.log(9))
     p = mod.attention_matrix(q, k, v)
     assert torch.all(p > 0)
