@@ -400,6 +400,50 @@ def test_sparsifiner_equals_reference(name, n, d, keep, qkv_factory):
     torch.testing.assert_close(p @ v.double(), ref)
 
 
+def _official_predictor_mask(mod, q, k):
+    """(B, H, N, N) kept keys as the authors' inference path: channel projections shared by the
+    heads, coefficients softmax(q_c k_r · heads^-½) with all but the 8 largest per row zeroed, basis
+    |P_back|ᵀ with entries <= 0.02 zeroed, then the ⌈keep·N⌉ largest scores per query."""
+    q, k = q.double(), k.double()
+    b, h, n, d = q.shape
+    p_n, p_back = (t.detach().double() for t in mod.token_projections(n, q.device))
+    basis = p_back.abs().T
+    basis = torch.where(basis > 0.02, basis, torch.zeros_like(basis))
+    wq, bq, wk, bk = (t.detach().double()[0] for t in (mod.w_q, mod.b_q, mod.w_k, mod.b_k))
+    kept = math.ceil(mod.keep * n)
+    mask = torch.zeros(b, h, n, n, dtype=torch.bool)
+    for bi in range(b):
+        for hi in range(h):
+            qc, kc = q[bi, hi] @ wq + bq, k[bi, hi] @ wk + bk
+            coef = torch.softmax(qc @ (kc.T @ p_n) / math.sqrt(h), -1)      # (N, N_r)
+            eighth = coef.sort(dim=-1, descending=True).values[:, 7:8] if coef.shape[-1] > 8 else None
+            if eighth is not None:
+                coef = torch.where(coef >= eighth, coef, torch.zeros_like(coef))
+            order = (coef @ basis).argsort(dim=-1, descending=True)[:, :kept]
+            mask[bi, hi].scatter_(-1, order, torch.ones_like(order, dtype=torch.bool))
+    return mask
+
+
+@pytest.mark.parametrize("name", ["sparsifiner", "sparsifiner-dense"])
+@pytest.mark.parametrize("n,d", [(197, 8), (96, 6), (40, 4)])
+def test_sparsifiner_official_predictor_equals_reference(name, n, d, qkv_factory):
+    q, k, v = (x.double() for x in qkv_factory(2, 3, n, d, seed=n, scale=2.0))
+    mod = attnbench.create(name, heads=3, head_dim=d, predictor="official").double()
+    assert mod.w_q.shape[0] == 1 and mod.predictor_scale == 3 ** -0.5
+    mask = _official_predictor_mask(mod, q, k)
+    logits = (q @ k.transpose(-1, -2) / math.sqrt(d)).masked_fill(~mask, float("-inf"))
+    ref = torch.softmax(logits, -1) @ v
+    out = mod(q, k, v)
+    torch.testing.assert_close(out, ref)
+    p = mod.attention_matrix(q, k, v)
+    assert torch.equal(p > 0, mask)
+    torch.testing.assert_close(p @ v, out)
+    plain = attnbench.create(name, heads=3, head_dim=d).double()
+    assert not torch.equal(plain.attention_matrix(q, k, v) > 0, mask)
+    with pytest.raises(ValueError, match="predictor"):
+        attnbench.create(name, heads=3, head_dim=d, predictor="paper")
+
+
 @pytest.mark.parametrize("n,d", [(50, 8), (197, 15)])
 def test_sparsifiner_forms_agree_in_float32(n, d, qkv_factory, monkeypatch):
     from attnbench.methods import sparsifiner
