@@ -108,9 +108,26 @@ def table(rows: list[tuple[Case, list[tuple[str, dict[str, float]]]]]) -> str:
     return "\n".join(lines)
 
 
+def performer_underflow(logit_std: float) -> str:
+    """Share of rows with R <= eps and the output norms of exact attention and both stabilizers."""
+    q, k, v = qkv((14, 14), logit_std)
+    mod = attnbench.create("performer", heads=HEADS, head_dim=HEAD_DIM).double()
+    with torch.no_grad():
+        fq, fk = mod.feature_maps(q, k)
+        r = fq @ fk.sum(-2).unsqueeze(-1)                       # (B, H, N, 1)
+        plain = attnbench.create("performer", heads=HEADS, head_dim=HEAD_DIM, stabilizer="none").double()
+        norms = [float(exact_reference(q, k, v).out.norm()), float(mod(q, k, v).norm()), float(plain(q, k, v).norm())]
+    share = float((r.abs() <= mod.eps).double().mean())
+    return (f"performer 14x14, logit_std {logit_std:g}: R <= eps in {share:.0%} of rows; output norm "
+            f"exact {norms[0]:.3g}, stabilizer=official {norms[1]:.3g}, stabilizer=none {norms[2]:.3g}")
+
+
 def main() -> None:
     torch.manual_seed(SEED)
     print(table([(case, measure(case)) for case in CASES]))
+    print()
+    for logit_std in (3.0, 1.0):
+        print(performer_underflow(logit_std))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ The N tokens are an H x W grid in row-major order. It is split into non-overlapp
   that the cyclic shift brought together from different regions. This is the same as windows
   whose corners sit at offset -window//2 in the original grid, without wrap-around.
 * ``rel_pos_bias=True`` adds Swin's learnable relative position bias table
-  ((2*window-1)^2 entries per head, truncated-normal init, std 0.02) to the logits.
+  ((2*window-1)^2 entries per head, truncated-normal init, std 0.02) to the logits. When the
+  window shrinks, its offsets index the same table (the authors size theirs to the shrunk window;
+  with learned tables the two are the same function).
 
 MACs: the two per-window products q kᵀ and P v, over all windows of the *padded* grid, since
 that is what is multiplied: 2 * B * heads * n_windows * T^2 * d with T tokens per window.
