@@ -19,7 +19,8 @@ an attention, so that it approximates softmax attention and has an attention mat
 of the kernel's row sum), plus a depthwise convolution of v along the tokens: one 9-tap filter
 c_h per head, shared by the head's d channels, zero-padded by 4 at both ends, no bias
 (PyTorch's default uniform init, bound 1/3, from ``seed``). That output is not a weighted
-average of the values, so it has no attention matrix.
+average of the values, so it has no attention matrix. (A zero x_i normalises to zero here; the
+authors' division would give NaN.)
 
 MACs: K̂ᵀV (N·d²), q̂ times it (N·d²) and the normaliser q̂·Σk̂ (N·d), per batch and head;
 ``official``: K̂ᵀV, q̂ times it and the 9-tap conv (9·N·d).
@@ -76,7 +77,7 @@ class CastlingAttention(AttentionMethod):
         kv = kn.transpose(-1, -2) @ v                              # (B, H, d, d)
         if self.variant == "official":
             x = 0.5 * v + (qn @ kv) / math.pi                      # (B, H, N, d)
-            return x / x.norm(dim=-1, keepdim=True) + token_conv(v, self.conv_weight)
+            return F.normalize(x, dim=-1) + token_conv(v, self.conv_weight)  # a zero row stays zero
         n = k.shape[-2]
         num = 0.5 * v.sum(dim=-2, keepdim=True) + (qn @ kv) / math.pi
         ksum = kn.sum(dim=-2).unsqueeze(-1)                        # (B, H, d, 1)
