@@ -11,8 +11,8 @@ queries. Needs a grid with H·W = N (no padding: pooling covers every token).
 
 Options, off by default: ``dwc=True`` adds the depthwise 3×3 convolution of v over the grid
 (weights per channel, with bias); ``bias=True`` adds the agent/token position biases as two
-learnable per-head tables (heads, m, 7, 7), bilinearly resized to the grid — a simplification of
-the authors' interpolated bias tables. ``pos_bias=True`` adds, in addition (independently of
+learnable per-head tables (heads, m, 7, 7), bilinearly resized to the grid, as the authors'
+interpolated bias tables. ``pos_bias=True`` adds, in addition (independently of
 ``bias``), the authors' decomposed position biases: per head and agent a row bias over the grid
 rows and a column bias over the grid columns, summed, for agent->token (m, H·W) and likewise
 for token->agent (H·W, m). They are sized to the grid, so they are created (trunc-normal, std

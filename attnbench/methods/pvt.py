@@ -6,8 +6,7 @@ grid: out = softmax(q k_rᵀ/√d) v_r with k_r = R k, v_r = R v.
 * ``pvt``: reduction ratio ``sr`` (default 4). ``reduce="avg"``: average pooling over sr x sr
   cells; ``reduce="conv"``: a learnable depthwise conv, kernel sr x sr, stride sr, no bias, one
   for k and one for v, initialised to the average (weights 1/sr²). ``sr=1`` with ``reduce="avg"``
-  is exact attention. In the papers the reduction acts on the layer input before the k/v
-  projections; here it acts on k and v directly, so that every method sees the same q, k, v.
+  is exact attention.
 * Grid sides that are not multiples of ``sr``, by ``rounding``:
   ``"floor"`` (default, as the authors' strided conv with no padding): the reduced grid is
   floor(H/sr) x floor(W/sr) and the leftover bottom rows and right columns are dropped from the
@@ -19,7 +18,8 @@ grid: out = softmax(q k_rᵀ/√d) v_r with k_r = R k, v_r = R v.
   No query is dropped in either case; every query attends to the M reduced keys.
 * The authors' reduction is a dense sr x sr strided conv (with bias) followed by a LayerNorm,
   applied to the layer input before the k/v projection; here k and v are reduced after their
-  projection, by averaging or (``reduce="conv"``) a depthwise conv, with no LayerNorm.
+  projection, by averaging or (``reduce="conv"``) a depthwise conv, with no LayerNorm, so that
+  every method sees the same q, k, v.
 * ``pvt-linear``: keys and values adaptively average-pooled to ``pool`` x ``pool`` (default 7),
   M = pool². PVTv2 follows the pooling with a 1x1 conv, LayerNorm and GELU on the layer input;
   those belong to its projections and are left out here.

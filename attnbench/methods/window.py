@@ -7,6 +7,7 @@ The N tokens are an H x W grid in row-major order. It is split into non-overlapp
   ``"official"`` (default, as the Swin block of the authors' code): when the shorter side of the
   grid is <= ``window``, the window shrinks to a square of that shorter side and the shift is
   off; otherwise windows are ``window`` x ``window`` and ``shift=True`` shifts both axes.
+  (So a 1 x N grid, the near-square factorisation of a prime N, has single-token windows.)
   ``"axis"``: each window side is clamped to its grid side separately and the shift applies only
   along axes longer than the window, so ``window`` >= both grid sides is exact attention (a 7x14
   grid with window 7 and ``shift=True`` then has 7x7 windows shifted along the columns only).
