@@ -30,22 +30,37 @@ def _grid_id(g):
 
 # ---------------------------------------------------------------- window
 def _block(pos, side, win, shift):
-    """Window index of one coordinate: shifted windows sit at offset -win//2, no wrap-around."""
+    """Window index of one coordinate ("axis" rule): an axis no longer than the window is one
+    window; shifted windows sit at offset -win//2, no wrap-around."""
     if win >= side:
         return 0
     s = win // 2 if shift else 0
     return (pos - s) // win
 
 
-def _dense_window_mask(grid, win, shift):
+def _official_block(pos, grid, win, shift):
+    """Window index of one coordinate as the Swin block: when the shorter grid side is <= win the
+    windows are squares of that side, unshifted; else win-sided, shifted by win//2 if shift."""
+    if min(grid) <= win:
+        return pos // min(grid)
+    s = win // 2 if shift else 0
+    return (pos - s) // win
+
+
+def _dense_window_mask(grid, win, shift, rule="axis"):
     """(N, N) bool, token by token: same window block along both axes."""
     h, w = grid
+    if rule == "axis":
+        def by(pos, side):
+            return _block(pos, side, win, shift)
+    else:
+        def by(pos, side):
+            return _official_block(pos, grid, win, shift)
     coords = [(r, c) for r in range(h) for c in range(w)]
     mask = torch.zeros(h * w, h * w, dtype=torch.bool)
     for i, (ri, ci) in enumerate(coords):
         for j, (rj, cj) in enumerate(coords):
-            mask[i, j] = (_block(ri, h, win, shift) == _block(rj, h, win, shift)
-                          and _block(ci, w, win, shift) == _block(cj, w, win, shift))
+            mask[i, j] = by(ri, h) == by(rj, h) and by(ci, w) == by(cj, w)
     return mask
 
 
@@ -72,26 +87,67 @@ def _masked_attention(q, k, v, mask, bias=None):
 
 @pytest.mark.parametrize("grid", [(3, 5), (7, 9), (1, 13)], ids=_grid_id)
 @pytest.mark.parametrize("shift", [False, True])
-def test_window_covering_the_grid_is_exact(grid, shift):
+def test_window_covering_the_grid_is_exact_with_axis_rule(grid, shift):
     n = grid[0] * grid[1]
     q, k, v = _qkv(2, 3, n, 5, seed=n)
-    mod = _create("window", 3, 5, window=max(grid), shift=shift)
+    mod = _create("window", 3, 5, window=max(grid), shift=shift, shift_rule="axis")
     torch.testing.assert_close(mod(q, k, v, grid=grid), exact_attention(q, k, v))
 
 
+@pytest.mark.parametrize("grid", [(3, 3), (7, 7), (1, 1)], ids=_grid_id)
+@pytest.mark.parametrize("shift", [False, True])
+def test_window_covering_a_square_grid_is_exact_by_default(grid, shift):
+    n = grid[0] * grid[1]
+    q, k, v = _qkv(2, 3, n, 5, seed=n)
+    mod = _create("window", 3, 5, window=grid[0] + 2, shift=shift)
+    torch.testing.assert_close(mod(q, k, v, grid=grid), exact_attention(q, k, v))
+
+
+@pytest.mark.parametrize("grid", [(3, 5), (7, 9), (1, 13)], ids=_grid_id)
+def test_window_covering_a_long_grid_uses_squares_of_the_short_side_by_default(grid):
+    n = grid[0] * grid[1]
+    q, k, v = _qkv(2, 3, n, 5, seed=n)
+    mod = _create("window", 3, 5, window=max(grid), shift=True)
+    ref, _ = _masked_attention(q, k, v, _dense_window_mask(grid, max(grid), True, "official"))
+    torch.testing.assert_close(mod(q, k, v, grid=grid), ref)
+    assert (mod(q, k, v, grid=grid) - exact_attention(q, k, v)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("rule", ["official", "axis"])
 @pytest.mark.parametrize("grid,win,shift,bias", [
     ((14, 14), 7, True, False), ((9, 11), 4, True, False), ((9, 11), 4, False, False),
     ((5, 7), 3, True, True), ((5, 12), 7, True, False), ((10, 6), 4, True, True),
+    ((7, 14), 7, True, False), ((14, 7), 7, True, True), ((14, 21), 7, True, False),
+    ((8, 12), 7, True, True), ((8, 12), 4, True, False), ((6, 10), 7, False, True),
 ], ids=lambda x: str(x))
-def test_window_equals_dense_attention_under_explicit_mask(grid, win, shift, bias):
+def test_window_equals_dense_attention_under_explicit_mask(grid, win, shift, bias, rule):
     n = grid[0] * grid[1]
     q, k, v = _qkv(2, 2, n, 6, seed=win + n, q_scale=2.0)
-    mod = _create("window", 2, 6, window=win, shift=shift, rel_pos_bias=bias)
-    mask = _dense_window_mask(grid, win, shift)
+    mod = _create("window", 2, 6, window=win, shift=shift, rel_pos_bias=bias, shift_rule=rule)
+    mask = _dense_window_mask(grid, win, shift, rule)
     dense_bias = _dense_bias(grid, win, mod.bias_table.detach()) if bias else None
     ref_out, ref_p = _masked_attention(q, k, v, mask, dense_bias)
     torch.testing.assert_close(mod(q, k, v, grid=grid), ref_out)
     torch.testing.assert_close(mod.attention_matrix(q, k, v, grid=grid), ref_p)
+
+
+def test_window_rules_differ_only_where_a_side_is_at_most_the_window():
+    from attnbench.methods.window import effective_window
+
+    assert effective_window(7, 14, 7, True, "official") == (7, 7, 0, 0)
+    assert effective_window(7, 14, 7, True, "axis") == (7, 7, 0, 3)
+    assert effective_window(5, 12, 7, False, "official") == (5, 5, 0, 0)
+    assert effective_window(5, 12, 7, False, "axis") == (5, 7, 0, 0)
+    for rule in ("official", "axis"):
+        assert effective_window(14, 21, 7, True, rule) == (7, 7, 3, 3)
+        assert effective_window(8, 12, 7, True, rule) == (7, 7, 3, 3)
+    q, k, v = _qkv(1, 2, 98, 8, seed=4)
+    official = _create("window", 2, 8, shift=True)
+    axis = _create("window", 2, 8, shift=True, shift_rule="axis")
+    assert (official(q, k, v, grid=(7, 14)) - axis(q, k, v, grid=(7, 14))).abs().max() > 1e-3
+    torch.testing.assert_close(official(q, k, v, grid=(7, 14)), _create("window", 2, 8)(q, k, v, grid=(7, 14)))
+    with pytest.raises(ValueError, match="shift_rule"):
+        _create("window", 2, 8, shift_rule="both")
 
 
 def test_window_shift_changes_the_output():
@@ -135,6 +191,16 @@ def _cells(side, size, ceil_div):
     return [(i * size, min((i + 1) * size, side)) for i in range(ceil_div)]
 
 
+def _reduction_cells(side, sr, rounding):
+    """Cells along one axis. ceil: sr-sized cells, the last one partial. floor (a strided conv
+    with no padding): whole sr-sized cells only, leftover tokens dropped; a side shorter than
+    sr is one cell."""
+    if rounding == "ceil":
+        return _cells(side, sr, math.ceil(side / sr))
+    size = min(sr, side)
+    return [(i * size, (i + 1) * size) for i in range(side // size)]
+
+
 def _pool_reference(x, grid, cells_y, cells_x, weight=None):
     """(B, H, N, d) -> (B, H, M, d): mean over each cell, or the weighted sum weight[c, dy, dx]."""
     h, w = grid
@@ -156,40 +222,64 @@ def _attend(q, k_r, v_r):
     return torch.softmax(q @ k_r.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v_r
 
 
+@pytest.mark.parametrize("rounding", ["floor", "ceil"])
 @pytest.mark.parametrize("grid", [(3, 5), (7, 9), (14, 14)], ids=_grid_id)
-def test_pvt_sr1_is_exact(grid):
+def test_pvt_sr1_is_exact(grid, rounding):
     n = grid[0] * grid[1]
     q, k, v = _qkv(2, 3, n, 7, seed=n, q_scale=2.0)
-    mod = _create("pvt", 3, 7, sr=1)
+    mod = _create("pvt", 3, 7, sr=1, rounding=rounding)
     torch.testing.assert_close(mod(q, k, v, grid=grid), exact_attention(q, k, v))
 
 
-@pytest.mark.parametrize("grid,sr", [((14, 14), 4), ((9, 11), 4), ((5, 7), 2), ((2, 3), 4)], ids=str)
-def test_pvt_avg_equals_cell_means(grid, sr):
+@pytest.mark.parametrize("rounding", ["floor", "ceil"])
+@pytest.mark.parametrize("grid,sr", [((14, 14), 4), ((9, 11), 4), ((5, 7), 2), ((2, 3), 4), ((8, 12), 4),
+                                     ((3, 10), 4)], ids=str)
+def test_pvt_avg_equals_cell_means(grid, sr, rounding):
     n = grid[0] * grid[1]
     q, k, v = _qkv(2, 2, n, 5, seed=sr + n, q_scale=2.0)
-    cy = _cells(grid[0], sr, math.ceil(grid[0] / sr))
-    cx = _cells(grid[1], sr, math.ceil(grid[1] / sr))
+    cy, cx = _reduction_cells(grid[0], sr, rounding), _reduction_cells(grid[1], sr, rounding)
     ref = _attend(q, _pool_reference(k, grid, cy, cx), _pool_reference(v, grid, cy, cx))
-    mod = _create("pvt", 2, 5, sr=sr)
+    mod = _create("pvt", 2, 5, sr=sr, rounding=rounding)
+    assert mod.reduced_count(*grid) == len(cy) * len(cx)
     torch.testing.assert_close(mod(q, k, v, grid=grid), ref)
     p = mod.attention_matrix(q, k, v, grid=grid)
     torch.testing.assert_close(p @ v, ref)
     torch.testing.assert_close(p.sum(-1), torch.ones(2, 2, n, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("grid,sr", [((9, 11), 4), ((8, 12), 4)], ids=str)
-def test_pvt_conv_equals_weighted_cell_sums(grid, sr):
+def test_pvt_default_floor_drops_the_leftover_rows_and_columns():
+    """14x14 with sr=4: a 3x3 reduced grid over the top-left 12x12 tokens; the last two rows and
+    columns get zero weight, and changing their keys and values changes nothing."""
+    q, k, v = _qkv(1, 2, 196, 4, seed=2)
+    mod = _create("pvt", 2, 4)
+    assert mod.reduced_count(14, 14) == 9
+    p = mod.attention_matrix(q, k, v, grid=(14, 14)).reshape(1, 2, 196, 14, 14)
+    assert torch.all(p[..., 12:, :] == 0) and torch.all(p[..., :, 12:] == 0)
+    edge = torch.zeros(14, 14, dtype=torch.bool)
+    edge[12:, :] = edge[:, 12:] = True
+    k2, v2 = k.clone(), v.clone()
+    k2[..., edge.reshape(-1), :] += 5.0
+    v2[..., edge.reshape(-1), :] -= 5.0
+    torch.testing.assert_close(mod(q, k2, v2, grid=(14, 14)), mod(q, k, v, grid=(14, 14)))
+    ceil = _create("pvt", 2, 4, rounding="ceil")
+    assert ceil.reduced_count(14, 14) == 16
+    assert (ceil(q, k, v, grid=(14, 14)) - mod(q, k, v, grid=(14, 14))).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="rounding"):
+        _create("pvt", 2, 4, rounding="round")
+
+
+@pytest.mark.parametrize("rounding", ["floor", "ceil"])
+@pytest.mark.parametrize("grid,sr", [((9, 11), 4), ((8, 12), 4), ((14, 14), 4), ((2, 9), 4)], ids=str)
+def test_pvt_conv_equals_weighted_cell_sums(grid, sr, rounding):
     n, heads, d = grid[0] * grid[1], 2, 3
     q, k, v = _qkv(1, heads, n, d, seed=5)
-    mod = _create("pvt", heads, d, sr=sr, reduce="conv")
+    mod = _create("pvt", heads, d, sr=sr, reduce="conv", rounding=rounding)
     gen = torch.Generator().manual_seed(9)
     with torch.no_grad():
         mod.conv_k.copy_(torch.randn(mod.conv_k.shape, generator=gen))
         mod.conv_v.copy_(torch.randn(mod.conv_v.shape, generator=gen))
     wk, wv = (w.detach().reshape(heads, d, sr, sr) for w in (mod.conv_k, mod.conv_v))
-    cy = _cells(grid[0], sr, math.ceil(grid[0] / sr))
-    cx = _cells(grid[1], sr, math.ceil(grid[1] / sr))
+    cy, cx = _reduction_cells(grid[0], sr, rounding), _reduction_cells(grid[1], sr, rounding)
     ref = _attend(q, _pool_reference(k, grid, cy, cx, wk), _pool_reference(v, grid, cy, cx, wv))
     torch.testing.assert_close(mod(q, k, v, grid=grid), ref)
     assert mod.attention_matrix(q, k, v, grid=grid) is None
@@ -227,9 +317,14 @@ def test_pvt_rejects_a_grid_that_does_not_hold_n(name):
 
 @pytest.mark.parametrize("name,kw,grid", [
     ("window", {"window": 4, "shift": True, "rel_pos_bias": True}, (9, 11)),
+    ("window", {"window": 7, "shift": True}, (7, 12)),
     ("pvt", {"sr": 4, "reduce": "conv"}, (9, 11)),
+    ("pvt", {"sr": 4, "reduce": "conv", "rounding": "ceil"}, (9, 11)),
+    ("pvt", {"sr": 4, "reduce": "conv"}, (3, 11)),
     ("pvt", {"sr": 3, "reduce": "avg"}, (10, 10)),
     ("pvt-linear", {"pool": 4}, (9, 11)),
+    ("castling", {}, (9, 11)),
+    ("castling", {"variant": "official"}, (9, 11)),
 ], ids=str)
 def test_grid_method_macs_match_counters_on_awkward_grids(name, kw, grid):
     n = grid[0] * grid[1]
@@ -277,6 +372,35 @@ def test_castling_equals_explicit_quadratic_form(n, d):
     torch.testing.assert_close(p.sum(-1), torch.ones(2, 3, n, dtype=torch.float64))
 
 
+def _official_castling(q, k, v, taps):
+    """Per token: x_i = ½ v_i + Σ_j cos∠(q_i, k_j) v_j / π, out_i = x_i / ‖x_i‖ + Σ_t c[t] v_{i+t-4}
+    (one 9-tap filter c per head, tokens outside 0..N-1 are zero)."""
+    b, h, n, d = q.shape
+    cos = torch.einsum("bhid,bhjd->bhij", q, k) / (q.norm(dim=-1)[..., :, None] * k.norm(dim=-1)[..., None, :])
+    x = 0.5 * v + (cos @ v) / math.pi
+    out = x / x.norm(dim=-1, keepdim=True)
+    half = taps.shape[-1] // 2
+    for i in range(n):
+        for t in range(taps.shape[-1]):
+            j = i + t - half
+            if 0 <= j < n:
+                out[:, :, i] += taps[None, :, t, None] * v[:, :, j]
+    return out
+
+
+@pytest.mark.parametrize("n,d", [(5, 3), (37, 8), (196, 16)], ids=lambda x: str(x))
+def test_castling_official_variant_equals_reference(n, d):
+    q, k, v = _qkv(2, 3, n, d, seed=n + 2, q_scale=3.0)
+    mod = _create("castling", 3, d, variant="official")
+    taps = mod.conv_weight.detach().reshape(3, 9)
+    assert taps.abs().max() <= 1 / 3 and taps.std() > 0
+    torch.testing.assert_close(mod(q, k, v), _official_castling(q, k, v, taps))
+    assert mod.attention_matrix(q, k, v) is None
+    assert (mod(q, k, v) - _create("castling", 3, d)(q, k, v)).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="variant"):
+        _create("castling", 3, d, variant="code")
+
+
 def test_castling_kernel_is_the_linear_part_of_the_angular_kernel():
     x = torch.tensor([-1e-4, 0.0, 1e-4], dtype=torch.float64)     # cos of the angle, near 0
     angular = 1 - torch.arccos(x) / math.pi
@@ -302,9 +426,57 @@ def test_performer_error_falls_as_features_grow(n):
     assert errs[1] < errs[0] / 2 and errs[2] < errs[1] / 3, errs
 
 
+def _favor_features(x, w, is_query, eps):
+    """The module docstring's φ written out: exp(W x' − ‖x'‖²/2 − max)/√m + eps/√m, x' = x d^-1/4,
+    the max over each query's projections, or over all keys and projections of a (batch, head)."""
+    d, m = x.shape[-1], w.shape[0]
+    xs = x * d ** -0.25
+    proj = torch.einsum("bhnd,md->bhnm", xs, w)
+    sq = (xs ** 2).sum(-1, keepdim=True) / 2
+    stab = proj.amax(-1, keepdim=True) if is_query else proj.amax((-2, -1), keepdim=True)
+    return (torch.exp(proj - sq - stab) + eps) / math.sqrt(m)
+
+
+def _performer_reference(q, k, v, w, eps, stabilizer):
+    """out = φ(Q)(φ(K)ᵀV) / R', R = φ(Q)·Σφ(K); R' = R + 2 eps [|R| <= eps] (official) or R."""
+    fq, fk = _favor_features(q, w, True, eps), _favor_features(k, w, False, eps)
+    r = fq @ fk.sum(-2).unsqueeze(-1)                              # (B, H, N, 1)
+    if stabilizer == "official":
+        r = torch.where(r.abs() <= eps, r + 2 * eps, r)
+    return (fq @ (fk.transpose(-1, -2) @ v)) / r, r
+
+
+@pytest.mark.parametrize("stabilizer", ["official", "none"])
+@pytest.mark.parametrize("n,d,q_scale", [(45, 9, 2.0), (196, 16, 3.0), (50, 8, 0.5)])
+def test_performer_equals_reference_with_each_stabilizer(n, d, q_scale, stabilizer):
+    q, k, v = _qkv(2, 3, n, d, seed=n, q_scale=q_scale)
+    mod = _create("performer", 3, d, stabilizer=stabilizer)
+    ref, _ = _performer_reference(q, k, v, mod.projection.double(), 1e-6, stabilizer)
+    out = mod(q, k, v)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(mod.attention_matrix(q, k, v) @ v, out)
+
+
+def test_performer_stabilizer_changes_rows_whose_denominator_underflows():
+    """Sharp queries: some rows have R <= eps; the official stabiliser divides those by R + 2 eps
+    (row weights then sum to R / (R + 2 eps) < 1), the others are unchanged."""
+    q, k, v = _qkv(2, 3, 45, 9, seed=2, q_scale=2.0)
+    official, plain = _create("performer", 3, 9), _create("performer", 3, 9, stabilizer="none")
+    _, r = _performer_reference(q, k, v, plain.projection.double(), 1e-6, "none")
+    small = (r.abs() <= 1e-6).squeeze(-1)                          # (B, H, N)
+    assert small.any() and not small.all()
+    diff = (official(q, k, v) - plain(q, k, v)).abs().amax(-1)
+    assert torch.all(diff[~small] == 0) and torch.all(diff[small] > 0)
+    sums = official.attention_matrix(q, k, v).sum(-1)
+    torch.testing.assert_close(sums[~small], torch.ones_like(sums[~small]))
+    torch.testing.assert_close(sums[small], (r / (r + 2e-6)).squeeze(-1)[small])
+    with pytest.raises(ValueError, match="stabilizer"):
+        _create("performer", 3, 9, stabilizer="off")
+
+
 def test_performer_attention_matrix_and_fixed_features():
     q, k, v = _qkv(2, 3, 45, 9, seed=2, q_scale=2.0)
-    mod = _create("performer", 3, 9)
+    mod = _create("performer", 3, 9, stabilizer="none")
     assert mod.features == math.ceil(9 * math.log(9))
     p = mod.attention_matrix(q, k, v)
     assert torch.all(p > 0)

@@ -87,6 +87,60 @@ def test_newton_schulz_converges_to_pinv():
     assert residual == sorted(residual, reverse=True) and residual[-1] < residual[0] / 10
 
 
+def _pinv_steps(a, z, iters):
+    """The paper's update Z <- Z (13I - AZ (15I - AZ (7I - AZ))) / 4, ``iters`` times."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    for _ in range(iters):
+        az = a @ z
+        z = z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az))) / 4
+    return z
+
+
+def _nystrom_iterative_reference(q, k, v, m, init, iters=6):
+    """Float64 F Z B v with segment-mean landmarks and ``iters`` steps from the given start:
+    paper Z0 = Aᵀ / (max column sum · max row sum) of each matrix, official Z0 = Aᵀ / (the largest
+    column sum of any matrix in the batch, over all heads)."""
+    q, k, v = q.double(), k.double(), v.double()
+    ql, kl = _segment_means_loop(q, m), _segment_means_loop(k, m)
+    s = 1 / math.sqrt(q.shape[-1])
+    f = torch.softmax(q @ kl.transpose(-1, -2) * s, -1)
+    a = torch.softmax(ql @ kl.transpose(-1, -2) * s, -1)
+    b = torch.softmax(ql @ k.transpose(-1, -2) * s, -1)
+    z0 = torch.empty_like(a)
+    top = max(float(a[bi, hi].sum(0).max()) for bi in range(a.shape[0]) for hi in range(a.shape[1]))
+    for bi in range(a.shape[0]):
+        for hi in range(a.shape[1]):
+            col, row = float(a[bi, hi].sum(0).max()), float(a[bi, hi].sum(1).max())
+            z0[bi, hi] = a[bi, hi].T / (top if init == "official" else col * row)
+    return f @ (_pinv_steps(a, z0, iters) @ (b @ v))
+
+
+@pytest.mark.parametrize("init", ["paper", "official"])
+@pytest.mark.parametrize("n,m,d", [(24, 6, 8), (23, 5, 7), (64, 16, 8)], ids=lambda x: str(x))
+def test_nystrom_initial_guess_equals_reference(n, m, d, init, qkv_factory):
+    q, k, v = (x.double() for x in qkv_factory(3, 2, n, d, seed=n, scale=2.0))
+    mod = attnbench.create("nystrom", heads=2, head_dim=d, m=m, init=init)
+    out = mod(q, k, v)
+    torch.testing.assert_close(out, _nystrom_iterative_reference(q, k, v, m, init))
+    torch.testing.assert_close(mod.attention_matrix(q, k, v) @ v, out)
+
+
+def test_nystrom_official_initial_guess_depends_on_the_batch(qkv_factory):
+    """One scalar over the batch: an input's output changes with its batch mates (paper: it does not);
+    with enough steps both starts reach the same pseudo-inverse."""
+    q, k, v = (x.double() for x in qkv_factory(4, 2, 40, 8, seed=1, scale=3.0))
+    for init, depends in (("official", True), ("paper", False)):
+        mod = attnbench.create("nystrom", heads=2, head_dim=8, m=10, init=init)
+        alone = mod(q[:1], k[:1], v[:1])
+        gap = float((mod(q, k, v)[:1] - alone).abs().max())
+        assert (gap > 1e-8) if depends else (gap == 0.0), (init, gap)
+    paper = attnbench.create("nystrom", heads=2, head_dim=8, m=10, pinv_iters=40)(q, k, v)
+    official = attnbench.create("nystrom", heads=2, head_dim=8, m=10, pinv_iters=40, init="official")(q, k, v)
+    assert rel_err(official, paper) < 1e-9
+    with pytest.raises(ValueError, match="init"):
+        attnbench.create("nystrom", heads=2, head_dim=8, init="exact")
+
+
 @pytest.mark.parametrize("n,d", [(24, 8), (37, 7)])
 def test_nystrom_m_equals_n_matches_exact(n, d, qkv_factory):
     q, k, v = qkv_factory(2, 2, n, d, seed=n, scale=2.0)
@@ -224,6 +278,62 @@ def test_agent_bias_option(qkv_factory):
     torch.testing.assert_close(biased(q, k, v, (5, 6)), plain(q, k, v, (5, 6)))
 
 
+def _agent_decomposed_reference(q, k, v, agents, mod, grid):
+    """Loop form of the decomposed biases: agent a -> token (r, c) gets ah[a, r] + aw[a, c], token
+    (r, c) -> agent a gets ha[r, a] + wa[c, a], on top of the interpolated tables when ``bias``."""
+    q, k, v, a = (x.double() for x in (q, k, v, agents))
+    heads, m, (gh, gw) = q.shape[1], a.shape[-2], grid
+    ah, aw, ha, wa = (t.detach().double() for t in mod.decomposed_biases(grid))
+    b_an = torch.zeros(heads, m, gh * gw, dtype=torch.float64)
+    b_na = torch.zeros(heads, gh * gw, m, dtype=torch.float64)
+    for h in range(heads):
+        for r in range(gh):
+            for c in range(gw):
+                for j in range(m):
+                    b_an[h, j, r * gw + c] = ah[h, j, r, 0] + aw[h, j, 0, c]
+                    b_na[h, r * gw + c, j] = ha[h, r, 0, j] + wa[h, 0, c, j]
+    if mod.bias:
+        def resize(t):
+            return F.interpolate(t.detach().double(), size=grid, mode="bilinear", align_corners=False)
+        b_an = b_an + resize(mod.an_bias).reshape(heads, m, -1)
+        b_na = b_na + resize(mod.na_bias).reshape(heads, m, -1).transpose(-1, -2)
+    s = 1 / math.sqrt(q.shape[-1])
+    a_attn = torch.softmax(a @ k.transpose(-1, -2) * s + b_an, -1)
+    q_attn = torch.softmax(q @ a.transpose(-1, -2) * s + b_na, -1)
+    return q_attn @ (a_attn @ v)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("grid,m", [((8, 12), 6), ((7, 5), 4), ((14, 14), 49)], ids=str)
+def test_agent_decomposed_position_biases_equal_reference(grid, m, bias, qkv_factory):
+    from attnbench.methods.agent import agent_grid
+
+    n = grid[0] * grid[1]
+    q, k, v = (x.double() for x in qkv_factory(2, 2, n, 4, seed=n, scale=2.0))
+    mod = attnbench.create("agent", heads=2, head_dim=4, m=m, bias=bias, pos_bias=True).double()
+    out = mod(q, k, v, grid=grid)
+    agents = _adaptive_pool_loop(q, grid, agent_grid(m, grid))
+    torch.testing.assert_close(out, _agent_decomposed_reference(q, k, v, agents, mod, grid))
+    torch.testing.assert_close(mod.attention_matrix(q, k, v, grid=grid) @ v, out)
+    plain = attnbench.create("agent", heads=2, head_dim=4, m=m, bias=bias).double()
+    assert (plain(q, k, v, grid=grid) - out).abs().max() > 1e-4
+
+
+def test_agent_decomposed_biases_are_seeded_per_grid(qkv_factory):
+    mod = attnbench.create("agent", heads=2, head_dim=4, m=6, pos_bias=True)
+    first = [t.detach().clone() for t in mod.decomposed_biases((8, 12))]
+    assert [tuple(t.shape) for t in first] == [(2, 6, 8, 1), (2, 6, 1, 12), (2, 8, 1, 6), (2, 1, 12, 6)]
+    assert all(torch.equal(a, b) for a, b in zip(first, mod.decomposed_biases((8, 12))))
+    again = attnbench.create("agent", heads=2, head_dim=4, m=6, pos_bias=True).decomposed_biases((8, 12))
+    assert all(torch.equal(a, b.detach()) for a, b in zip(first, again))
+    other = mod.decomposed_biases((12, 8))
+    assert not torch.equal(first[0].flatten()[:8], other[0].flatten()[:8])
+    q, k, v = qkv_factory(1, 2, 96, 4)
+    fresh = attnbench.create("agent", heads=2, head_dim=4, m=6, pos_bias=True)
+    fresh.bench_fn(q, k, v, grid=(8, 12))                      # creates the parameters before timing
+    assert len(fresh.grid_biases) == 4
+
+
 def test_agent_rejects_grid_not_holding_tokens(qkv_factory):
     q, k, v = qkv_factory(1, 1, 30, 4)
     with pytest.raises(ValueError, match="H\\*W == N"):
@@ -248,7 +358,7 @@ def test_agent_fit_closed_fixes_agents():
     assert rel_err(mod(q, k, v, grid=(5, 6)), fitted) > 1e-2
 
 
-@pytest.mark.parametrize("kwargs", [{"dwc": True}, {"bias": True}], ids=str)
+@pytest.mark.parametrize("kwargs", [{"dwc": True}, {"bias": True}, {"bias": True, "pos_bias": True}], ids=str)
 def test_agent_option_macs(kwargs, qkv_factory):
     q, k, v = qkv_factory(1, 2, 35, 8)
     check_counters(attnbench.create("agent", heads=2, head_dim=8, m=6, **kwargs), q, k, v, (7, 5))
@@ -288,6 +398,50 @@ def test_sparsifiner_equals_reference(name, n, d, keep, qkv_factory):
     assert torch.equal(p > 0, mask) and int(mask[0, 0, 0].sum()) == math.ceil(keep * n)
     torch.testing.assert_close(p.sum(-1), torch.ones(2, 2, n, dtype=torch.float64))
     torch.testing.assert_close(p @ v.double(), ref)
+
+
+def _official_predictor_mask(mod, q, k):
+    """(B, H, N, N) kept keys as the authors' inference path: channel projections shared by the
+    heads, coefficients softmax(q_c k_r · heads^-½) with all but the 8 largest per row zeroed, basis
+    |P_back|ᵀ with entries <= 0.02 zeroed, then the ⌈keep·N⌉ largest scores per query."""
+    q, k = q.double(), k.double()
+    b, h, n, d = q.shape
+    p_n, p_back = (t.detach().double() for t in mod.token_projections(n, q.device))
+    basis = p_back.abs().T
+    basis = torch.where(basis > 0.02, basis, torch.zeros_like(basis))
+    wq, bq, wk, bk = (t.detach().double()[0] for t in (mod.w_q, mod.b_q, mod.w_k, mod.b_k))
+    kept = math.ceil(mod.keep * n)
+    mask = torch.zeros(b, h, n, n, dtype=torch.bool)
+    for bi in range(b):
+        for hi in range(h):
+            qc, kc = q[bi, hi] @ wq + bq, k[bi, hi] @ wk + bk
+            coef = torch.softmax(qc @ (kc.T @ p_n) / math.sqrt(h), -1)      # (N, N_r)
+            eighth = coef.sort(dim=-1, descending=True).values[:, 7:8] if coef.shape[-1] > 8 else None
+            if eighth is not None:
+                coef = torch.where(coef >= eighth, coef, torch.zeros_like(coef))
+            order = (coef @ basis).argsort(dim=-1, descending=True)[:, :kept]
+            mask[bi, hi].scatter_(-1, order, torch.ones_like(order, dtype=torch.bool))
+    return mask
+
+
+@pytest.mark.parametrize("name", ["sparsifiner", "sparsifiner-dense"])
+@pytest.mark.parametrize("n,d", [(197, 8), (96, 6), (40, 4)])
+def test_sparsifiner_official_predictor_equals_reference(name, n, d, qkv_factory):
+    q, k, v = (x.double() for x in qkv_factory(2, 3, n, d, seed=n, scale=2.0))
+    mod = attnbench.create(name, heads=3, head_dim=d, predictor="official").double()
+    assert mod.w_q.shape[0] == 1 and mod.predictor_scale == 3 ** -0.5
+    mask = _official_predictor_mask(mod, q, k)
+    logits = (q @ k.transpose(-1, -2) / math.sqrt(d)).masked_fill(~mask, float("-inf"))
+    ref = torch.softmax(logits, -1) @ v
+    out = mod(q, k, v)
+    torch.testing.assert_close(out, ref)
+    p = mod.attention_matrix(q, k, v)
+    assert torch.equal(p > 0, mask)
+    torch.testing.assert_close(p @ v, out)
+    plain = attnbench.create(name, heads=3, head_dim=d).double()
+    assert not torch.equal(plain.attention_matrix(q, k, v) > 0, mask)
+    with pytest.raises(ValueError, match="predictor"):
+        attnbench.create(name, heads=3, head_dim=d, predictor="paper")
 
 
 @pytest.mark.parametrize("n,d", [(50, 8), (197, 15)])
@@ -330,10 +484,12 @@ def test_sparsifiner_weights_are_seeded_parameters(qkv_factory):
 
 
 # ---------------------------------------------------------------------------------- biformer
-def _biformer_reference(q, k, v, grid, regions, topk):
-    """Loop form: regions by ⌊iH/S⌋ borders, routing on head-summed region means, token attention."""
+def _biformer_reference(q, k, v, grid, regions, topk, scale="head"):
+    """Loop form: regions by ⌊iH/S⌋ borders, routing on head-summed region means, token attention
+    with logits divided by √d (``head``) or by √(heads·d), all query/key channels (``channels``)."""
     q, k, v = q.double(), k.double(), v.double()
     b, h, n, d = q.shape
+    root = math.sqrt(d if scale == "head" else h * d)
     gh, gw = grid
     sh, sw = min(regions, gh), min(regions, gw)
     # region of row y is i with ⌊iH/S⌋ <= y < ⌊(i+1)H/S⌋
@@ -352,7 +508,7 @@ def _biformer_reference(q, k, v, grid, regions, topk):
         for r, m in enumerate(members):
             keys = sorted(t for s in affinity[r].topk(min(topk, len(members))).indices.tolist() for t in members[s])
             for hi in range(h):
-                logits = q[bi, hi, m] @ k[bi, hi, keys].T / math.sqrt(d)
+                logits = q[bi, hi, m] @ k[bi, hi, keys].T / root
                 out[bi, hi, m] = torch.softmax(logits, -1) @ v[bi, hi, keys]
     return out
 
@@ -368,14 +524,16 @@ def test_region_layout_covers_every_token_once():
         assert int(sizes.min()) >= 1 and idx.shape[0] == min(regions, grid[0]) * min(regions, grid[1])
 
 
-@pytest.mark.parametrize("grid,regions,topk,d", [((5, 7), 3, 2, 4), ((15, 20), 7, 4, 8), ((8, 8), 4, 3, 6)],
+@pytest.mark.parametrize("grid,regions,topk,d", [((5, 7), 3, 2, 4), ((15, 20), 7, 4, 8), ((8, 8), 4, 3, 6),
+                                                 ((8, 12), 7, 4, 4)],
                          ids=lambda x: str(x))
-def test_biformer_equals_loop_reference(grid, regions, topk, d, qkv_factory):
+@pytest.mark.parametrize("scale", ["head", "channels"])
+def test_biformer_equals_loop_reference(grid, regions, topk, d, scale, qkv_factory):
     n = grid[0] * grid[1]
     q, k, v = (x.double() for x in qkv_factory(1, 2, n, d, seed=n, scale=2.0))
-    mod = attnbench.create("biformer", heads=2, head_dim=d, regions=regions, topk=topk)
+    mod = attnbench.create("biformer", heads=2, head_dim=d, regions=regions, topk=topk, scale=scale)
     out = mod(q, k, v, grid=grid)
-    torch.testing.assert_close(out, _biformer_reference(q, k, v, grid, regions, topk))
+    torch.testing.assert_close(out, _biformer_reference(q, k, v, grid, regions, topk, scale))
     p = mod.attention_matrix(q, k, v, grid=grid)
     torch.testing.assert_close(p.sum(-1), torch.ones(1, 2, n, dtype=torch.float64))
     torch.testing.assert_close(p @ v, out)
@@ -407,6 +565,19 @@ def test_biformer_padding_gets_zero_weight(qkv_factory):
     for r in blind:
         rows = idx[r][valid[r]]
         assert torch.equal(p[0, :, rows, 0], torch.zeros(2, len(rows)))
+
+
+def test_biformer_scale_option(qkv_factory):
+    from attnbench.methods.biformer import attention_scale
+
+    assert attention_scale(4, 16, "head") == 0.25 and attention_scale(4, 16, "channels") == 0.125
+    q, k, v = qkv_factory(1, 4, 196, 16, seed=3, scale=2.0)
+    head = attnbench.create("biformer", heads=4, head_dim=16)
+    channels = attnbench.create("biformer", heads=4, head_dim=16, scale="channels")
+    assert head.scale == 0.25 and channels.scale == 0.125
+    assert rel_err(channels(q, k, v), head(q, k, v)) > 1e-2
+    with pytest.raises(ValueError, match="scale"):
+        attnbench.create("biformer", heads=4, head_dim=16, scale="dim")
 
 
 def test_biformer_option_macs(qkv_factory):

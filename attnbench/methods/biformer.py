@@ -9,7 +9,11 @@
 2. Routing: region means of q and of k (over real tokens only), region-to-region affinity
    q̄ k̄ᵀ summed over heads (the authors route on the full channel dimension, shared by all
    heads), and the ``topk`` most affine regions per query region (default 4; capped at S_h·S_w).
-3. Each query attends with softmax(q kᵀ/√d) to the tokens of its region's routed regions.
+3. Each query attends with softmax(s·q kᵀ) to the tokens of its region's routed regions.
+   ``scale`` sets s: ``"head"`` (default) s = head_dim^-½, as softmax attention; ``"channels"``
+   s = (heads·head_dim)^-½, the total query/key channels, as the authors' code does (their
+   newer file keeps it "to be consistent with old models"). Routing is unaffected (a positive
+   factor does not change the top-k).
 With ``topk`` = S_h·S_w every query sees every token: exact attention. The authors' local
 context term (a 5×5 depthwise conv of v) is not included. Needs H·W = N.
 """
@@ -65,16 +69,32 @@ def gather_regions(x_reg: torch.Tensor, routes: torch.Tensor) -> torch.Tensor:
     return x_reg.reshape(b * h * r, t * d).index_select(0, flat).view(b, h, r, -1, d)
 
 
-@register("biformer", family="biformer", needs_grid=True, defaults={"regions": 7, "topk": 4},
+SCALES = ("head", "channels")
+
+
+def attention_scale(heads: int, head_dim: int, scale: str = "head") -> float:
+    """The logit factor: head_dim^-½ (``head``) or (heads·head_dim)^-½ (``channels``)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    return (head_dim if scale == "head" else heads * head_dim) ** -0.5
+
+
+@register("biformer", family="biformer", needs_grid=True,
+          defaults={"regions": 7, "topk": 4, "scale": "head"},
           description="BiFormer bi-level routing: top-k regions per region, token attention inside")
 class BiFormerAttention(AttentionMethod):
-    """``regions``×``regions`` regions, ``topk`` routed regions per query region."""
+    """``regions``×``regions`` regions, ``topk`` routed regions per query region.
 
-    def __init__(self, heads: int, head_dim: int, regions: int = 7, topk: int = 4):
+    ``scale="head"`` (default): logits times head_dim^-½; ``"channels"``: times
+    (heads·head_dim)^-½, as the authors' code.
+    """
+
+    def __init__(self, heads: int, head_dim: int, regions: int = 7, topk: int = 4, scale: str = "head"):
         super().__init__(heads, head_dim)
         if int(regions) <= 0 or int(topk) <= 0:
             raise ValueError(f"regions and topk must be positive, got {regions}, {topk}")
-        self.regions, self.topk = int(regions), int(topk)
+        self.regions, self.topk, self.scale_rule = int(regions), int(topk), scale
+        self.scale = attention_scale(heads, head_dim, scale)
 
     def layout(self, n, grid, device):
         """(grid, slot token index (R, t), slot validity (R, t)) on ``device``."""

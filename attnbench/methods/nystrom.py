@@ -2,8 +2,13 @@
 
 With landmarks Q̃, K̃ (m, d): F = softmax(Q K̃ᵀ/√d) (N, m), A = softmax(Q̃ K̃ᵀ/√d) (m, m),
 B = softmax(Q̃ Kᵀ/√d) (m, N), and out = F (A⁺ (B V)), A⁺ the Moore–Penrose pseudo-inverse by
-the iterative method of the paper: Z₀ = Aᵀ / (‖A‖₁‖A‖∞) per matrix, then
+the iterative method of the paper: Z₀ = Aᵀ / (‖A‖₁‖A‖∞), then
 Z ← ¼ Z (13I − AZ (15I − AZ (7I − AZ))), ``pinv_iters`` times (default 6, as in the paper).
+
+``init`` chooses Z₀: ``"paper"`` (default) takes ‖A‖₁‖A‖∞ of each (batch, head) matrix;
+``"official"`` (the default of the authors' code) divides by one scalar for the whole batch and
+all heads, the largest column sum of A over all of them (A is row-stochastic, so ‖A‖∞ = 1).
+With ``official`` a row's output depends on the other inputs in the batch.
 
 Landmarks are segment means of the token sequence: N = m·s + r splits into r segments of s+1
 tokens followed by m − r segments of s tokens (the paper needs m | N; these uneven segments
@@ -40,11 +45,24 @@ def segment_means(x: torch.Tensor, m: int) -> torch.Tensor:
     return torch.cat([long_part, short_part], dim=-2)
 
 
-def newton_schulz_pinv(a: torch.Tensor, iters: int) -> torch.Tensor:
-    """Iterative Moore–Penrose pseudo-inverse of each (m, m) matrix in a (..., m, m); 4·m³ MACs/iter."""
+INITS = ("paper", "official")
+
+
+def pinv_initial_guess(a: torch.Tensor, init: str = "paper") -> torch.Tensor:
+    """Z₀ (..., m, m): Aᵀ / (‖A‖₁‖A‖∞) per matrix (``paper``) or Aᵀ / max column sum of all
+    matrices together (``official``)."""
+    if init == "official":
+        return a.transpose(-1, -2) / a.sum(-2).amax()
+    if init != "paper":
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     norm_1 = a.abs().sum(-2).amax(-1)                            # (...,) max column sum
     norm_inf = a.abs().sum(-1).amax(-1)                          # (...,) max row sum
-    z = a.transpose(-1, -2) / (norm_1 * norm_inf)[..., None, None]
+    return a.transpose(-1, -2) / (norm_1 * norm_inf)[..., None, None]
+
+
+def newton_schulz_pinv(a: torch.Tensor, iters: int, init: str = "paper") -> torch.Tensor:
+    """Iterative Moore–Penrose pseudo-inverse of each (m, m) matrix in a (..., m, m); 4·m³ MACs/iter."""
+    z = pinv_initial_guess(a, init)
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     for _ in range(iters):
         az = a @ z
@@ -60,16 +78,23 @@ def nystrom_kernels(q, k, q_land, k_land, scale):
     return f, a, b
 
 
-@register("nystrom", family="nystrom", budget="m", defaults={"m": 30},
+@register("nystrom", family="nystrom", budget="m", defaults={"m": 30, "init": "paper"},
           description="Nyströmformer: m segment-mean landmarks, iterative pseudo-inverse")
 class NystromAttention(AttentionMethod):
-    """m landmarks; ``pinv_iters`` Newton–Schulz steps (6); ``fit_closed`` fixes the landmarks."""
+    """m landmarks; ``pinv_iters`` Newton–Schulz steps (6); ``fit_closed`` fixes the landmarks.
 
-    def __init__(self, heads: int, head_dim: int, m: int = 30, pinv_iters: int = 6, seed: int = 0):
+    ``init="paper"`` (default): per-matrix initial guess; ``"official"``: the authors' default,
+    one scalar over the whole batch and all heads.
+    """
+
+    def __init__(self, heads: int, head_dim: int, m: int = 30, pinv_iters: int = 6, seed: int = 0,
+                 init: str = "paper"):
         super().__init__(heads, head_dim)
         if int(m) <= 0 or int(pinv_iters) < 0:
             raise ValueError(f"m must be positive and pinv_iters >= 0, got m={m}, pinv_iters={pinv_iters}")
-        self.m, self.pinv_iters, self.seed = int(m), int(pinv_iters), int(seed)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        self.m, self.pinv_iters, self.seed, self.init = int(m), int(pinv_iters), int(seed), init
         self.register_buffer("fitted_q", None)   # (H, m, d) after fit_closed
         self.register_buffer("fitted_k", None)
 
@@ -83,7 +108,7 @@ class NystromAttention(AttentionMethod):
     def factors(self, q, k):
         """F (B, H, N, m), A⁺ (B, H, m, m), B (B, H, m, N)."""
         f, a, b = nystrom_kernels(q, k, *self.landmarks(q, k), self.scale)
-        return f, newton_schulz_pinv(a, self.pinv_iters), b
+        return f, newton_schulz_pinv(a, self.pinv_iters, self.init), b
 
     def forward(self, q, k, v, grid=None):
         f, a_pinv, b = self.factors(q, k)

@@ -6,10 +6,13 @@ Gaussian vector (so rows are marginally Gaussian). out = φ(Q)(φ(K)ᵀV) / (φ(
 O(N·m·d). ``features`` m defaults to ⌈d ln d⌉ (at least 1); W is drawn once from ``seed`` and
 never redrawn (a buffer, shared by all heads).
 
-Numerical stabilisers as in the reference code: each query's features are divided by
+Numerical stabilisers as in the authors' code: each query's features are divided by
 exp(max over its m projections), all keys' features of one (batch, head) by exp(max over keys
 and features) — both cancel in the normalisation — and ``eps`` (1e-6) is added to every
-feature so that no key has exactly zero weight.
+feature so that no key has exactly zero weight. ``stabilizer`` sets the denominator
+R = φ(Q)·Σ_j φ(K_j): ``"official"`` (default) uses R + 2·eps·(|R| <= eps), as the authors' code
+does, so a row whose features all underflowed is divided by about 2·eps, not by a tiny R;
+``"none"`` divides by R itself.
 
 MACs: the projections Q'Wᵀ and K'Wᵀ (N·d·m each), φ(K)ᵀV and φ(Q) times it (N·m·d each), and
 the normaliser φ(Q)·Σφ(K) (N·m), per batch and head.
@@ -53,18 +56,36 @@ def favor_features(x: torch.Tensor, w: torch.Tensor, is_query: bool, eps: float)
     return (torch.exp(proj - sq - stab) + eps) / math.sqrt(m)
 
 
-@register("performer", family="linear", defaults={"features": None, "seed": 0},
+STABILIZERS = ("official", "none")
+
+
+def stabilized_denominator(r: torch.Tensor, eps: float, stabilizer: str) -> torch.Tensor:
+    """R + 2·eps·(|R| <= eps) for ``official``, R unchanged for ``none``."""
+    if stabilizer == "none":
+        return r
+    if stabilizer != "official":
+        raise ValueError(f"stabilizer must be one of {', '.join(STABILIZERS)}, got {stabilizer!r}")
+    return r + 2 * eps * (r.abs() <= eps).to(r.dtype)
+
+
+@register("performer", family="linear", defaults={"features": None, "seed": 0, "stabilizer": "official"},
           description="Performer FAVOR+, positive orthogonal random features (no redraw)")
 class PerformerAttention(AttentionMethod):
-    """FAVOR+ with ``features`` random features; see the module docstring."""
+    """FAVOR+ with ``features`` random features; see the module docstring.
+
+    ``stabilizer="official"`` (default): denominator R + 2·eps·(|R| <= eps) as the authors' code;
+    ``"none"``: R.
+    """
 
     def __init__(self, heads: int, head_dim: int, features: int | None = None, seed: int = 0,
-                 eps: float = 1e-6):
+                 eps: float = 1e-6, stabilizer: str = "official"):
         super().__init__(heads, head_dim)
         m = default_features(head_dim) if features is None else int(features)
         if m <= 0:
             raise ValueError(f"features must be positive, got {features}")
-        self.features, self.seed, self.eps = m, int(seed), float(eps)
+        if stabilizer not in STABILIZERS:
+            raise ValueError(f"stabilizer must be one of {', '.join(STABILIZERS)}, got {stabilizer!r}")
+        self.features, self.seed, self.eps, self.stabilizer = m, int(seed), float(eps), stabilizer
         self.register_buffer("projection", orthogonal_gaussian(m, head_dim, self.seed).float())
 
     def feature_maps(self, q, k):
@@ -75,14 +96,14 @@ class PerformerAttention(AttentionMethod):
         fq, fk = self.feature_maps(q, k)                           # (B, H, N, m)
         kv = fk.transpose(-1, -2) @ v                              # (B, H, m, d)
         z = fk.sum(dim=-2).unsqueeze(-1)                           # (B, H, m, 1)
-        return (fq @ kv) / (fq @ z)
+        return (fq @ kv) / stabilized_denominator(fq @ z, self.eps, self.stabilizer)
 
     def macs(self, batch, n, grid=None):
         d, m = self.head_dim, self.features
         return batch * self.heads * n * m * (4 * d + 1)
 
     def attention_matrix(self, q, k, v, grid=None):
-        """(B, H, N, N) the implied kernel matrix φ(Q)φ(K)ᵀ, row-normalised."""
+        """(B, H, N, N) the implied kernel matrix φ(Q)φ(K)ᵀ divided by the (stabilised) row sum."""
         fq, fk = self.feature_maps(q, k)
         a = fq @ fk.transpose(-1, -2)
-        return a / a.sum(dim=-1, keepdim=True)
+        return a / stabilized_denominator(a.sum(dim=-1, keepdim=True), self.eps, self.stabilizer)

@@ -6,18 +6,26 @@ grid: out = softmax(q k_rᵀ/√d) v_r with k_r = R k, v_r = R v.
 * ``pvt``: reduction ratio ``sr`` (default 4). ``reduce="avg"``: average pooling over sr x sr
   cells; ``reduce="conv"``: a learnable depthwise conv, kernel sr x sr, stride sr, no bias, one
   for k and one for v, initialised to the average (weights 1/sr²). ``sr=1`` with ``reduce="avg"``
-  is exact attention. In the papers the reduction acts on the layer input before the k/v
-  projections; here it acts on k and v directly, so that every method sees the same q, k, v.
-* Grid sides that are not multiples of ``sr``: ceil pooling. With ``avg`` the last cell along
-  such a side is the mean of the tokens it holds (fewer than sr); with ``conv`` the grid is
-  zero-padded at the bottom and right up to the next multiple (as a conv with padding does).
-  M = ceil(H/sr) * ceil(W/sr); no query or key is a padding token.
+  is exact attention.
+* Grid sides that are not multiples of ``sr``, by ``rounding``:
+  ``"floor"`` (default, as the authors' strided conv with no padding): the reduced grid is
+  floor(H/sr) x floor(W/sr) and the leftover bottom rows and right columns are dropped from the
+  keys and values (14x14 with sr=4 -> 3x3 cells over the top-left 12x12 tokens). Along a side
+  shorter than sr (where the authors' conv would have no output) the cell is the whole side.
+  ``"ceil"``: ceil pooling; with ``avg`` the last cell along such a side is the mean of the
+  tokens it holds (fewer than sr), with ``conv`` the grid is zero-padded at the bottom and right
+  up to the next multiple (as a conv with padding does). M = ceil(H/sr) * ceil(W/sr).
+  No query is dropped in either case; every query attends to the M reduced keys.
+* The authors' reduction is a dense sr x sr strided conv (with bias) followed by a LayerNorm,
+  applied to the layer input before the k/v projection; here k and v are reduced after their
+  projection, by averaging or (``reduce="conv"``) a depthwise conv, with no LayerNorm, so that
+  every method sees the same q, k, v.
 * ``pvt-linear``: keys and values adaptively average-pooled to ``pool`` x ``pool`` (default 7),
   M = pool². PVTv2 follows the pooling with a 1x1 conv, LayerNorm and GELU on the layer input;
   those belong to its projections and are left out here.
 
 MACs: q k_rᵀ and P v_r (2 * B * heads * N * M * d), plus for ``conv`` the two depthwise convs
-(B * heads * d * M * sr² each, as fvcore counts a conv). Pooling counts zero.
+(B * heads * d * M * kernel area each, as fvcore counts a conv). Pooling counts zero.
 """
 from __future__ import annotations
 
@@ -72,35 +80,68 @@ class ReducedKVAttention(AttentionMethod):
         return p @ r
 
 
-@register("pvt", family="pvt", needs_grid=True, defaults={"sr": 4, "reduce": "avg"},
+ROUNDINGS = ("floor", "ceil")
+
+
+def reduction_cells(h: int, w: int, sr: int, rounding: str) -> tuple[int, int, int, int]:
+    """(kh, kw, mh, mw): cell sides and reduced grid sides for an h x w grid and ratio ``sr``.
+
+    ``floor``: cells of min(sr, side), floor(side / cell) of them (leftover tokens dropped);
+    ``ceil``: cells of sr, ceil(side / sr) of them (the last one partial).
+    """
+    if rounding == "floor":
+        kh, kw = min(sr, h), min(sr, w)
+        return kh, kw, h // kh, w // kw
+    if rounding != "ceil":
+        raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    return sr, sr, math.ceil(h / sr), math.ceil(w / sr)
+
+
+@register("pvt", family="pvt", needs_grid=True, defaults={"sr": 4, "reduce": "avg", "rounding": "floor"},
           description="PVT spatial-reduction attention: k, v pooled by sr x sr (avg or depthwise conv)")
 class PVTAttention(ReducedKVAttention):
-    """Spatial-reduction attention with ratio ``sr``; see the module docstring."""
+    """Spatial-reduction attention with ratio ``sr``; see the module docstring.
 
-    def __init__(self, heads: int, head_dim: int, sr: int = 4, reduce: str = "avg"):
+    ``rounding="floor"`` (default, as the authors' strided conv): leftover rows and columns of a
+    grid not divisible by ``sr`` are dropped; ``"ceil"``: they form partial cells.
+    """
+
+    def __init__(self, heads: int, head_dim: int, sr: int = 4, reduce: str = "avg",
+                 rounding: str = "floor"):
         super().__init__(heads, head_dim)
         if int(sr) <= 0:
             raise ValueError(f"sr must be positive, got {sr}")
         if reduce not in ("avg", "conv"):
             raise ValueError(f"reduce must be avg or conv, got {reduce!r}")
-        self.sr, self.reduce = int(sr), reduce
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+        self.sr, self.reduce, self.rounding = int(sr), reduce, rounding
         if reduce == "conv":
             init = torch.full((heads * head_dim, 1, self.sr, self.sr), 1.0 / self.sr ** 2)
             self.conv_k = torch.nn.Parameter(init.clone())
             self.conv_v = torch.nn.Parameter(init.clone())
 
+    def cells(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(kh, kw, mh, mw) cell and reduced-grid sides; see ``reduction_cells``."""
+        return reduction_cells(h, w, self.sr, self.rounding)
+
     def reduced_count(self, h, w):
-        return math.ceil(h / self.sr) * math.ceil(w / self.sr)
+        _, _, mh, mw = self.cells(h, w)
+        return mh * mw
 
     def pool(self, img):
-        if self.sr == 1:
+        kh, kw, _, _ = self.cells(*img.shape[-2:])
+        if kh == kw == 1:
             return img
-        return F.avg_pool2d(img, self.sr, self.sr, ceil_mode=True)
+        return F.avg_pool2d(img, (kh, kw), (kh, kw), ceil_mode=self.rounding == "ceil")
 
     def _conv(self, img: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         h, w = img.shape[-2:]
-        img = F.pad(img, (0, -w % self.sr, 0, -h % self.sr))      # zero-pad to multiples of sr
-        return F.conv2d(img, weight.to(img.dtype), stride=self.sr, groups=img.shape[1])
+        kh, kw, _, _ = self.cells(h, w)
+        if self.rounding == "ceil":
+            img = F.pad(img, (0, -w % self.sr, 0, -h % self.sr))  # zero-pad to multiples of sr
+        weight = weight[..., :kh, :kw].to(img.dtype)               # (C, 1, kh, kw)
+        return F.conv2d(img, weight, stride=(kh, kw), groups=img.shape[1])
 
     def reduce_kv(self, k, v, h, w):
         if self.reduce == "avg":
@@ -112,7 +153,8 @@ class PVTAttention(ReducedKVAttention):
     def reduce_extra_macs(self, batch, h, w):
         if self.reduce == "avg":
             return 0
-        return 2 * batch * self.heads * self.head_dim * self.reduced_count(h, w) * self.sr ** 2
+        kh, kw, mh, mw = self.cells(h, w)
+        return 2 * batch * self.heads * self.head_dim * mh * mw * kh * kw
 
     def attention_matrix(self, q, k, v, grid=None):
         """As the base class for ``avg``; None for ``conv``, whose per-channel weights on v

@@ -18,9 +18,16 @@ logits), so without a fused kernel it trades arithmetic for memory traffic.
 P_n and P_back are (N, N_r) matrices, so they exist per token count: they are created on the
 first call with a new N (trunc-normal, std 0.02, seed derived from ``seed`` and N) and kept as
 parameters. The predictor is untrained here (the paper distils it from dense attention), so
-its selection is close to arbitrary and the error column reflects that. Differences from the
-authors' code: no class-token row, the channel projections are per head, the predictor scale
-is 1/√c, and the optional thresholds/top-k on C are not applied.
+its selection is close to arbitrary and the error column reflects that.
+
+``predictor`` selects the predictor's details. ``"plain"`` (default): the formulas above, with
+per-head channel projections. ``"official"``, as the authors' code and default configuration
+at inference: one channel projection shared by all heads, the scale heads^-½ in place of
+1/√c, basis entries |P_back| <= 0.02 set to zero, and only the 8 largest coefficients of each
+row of C kept (the others zero, no renormalisation) before S = C |P_back|ᵀ. The top-k of S,
+the keep count ⌈keep·N⌉ and the masked softmax are the same in both. Left out in both: the
+class-token row (the authors' class token always attends to every key) and token pruning
+(off in the authors' default configuration).
 """
 from __future__ import annotations
 
@@ -48,22 +55,41 @@ def gather_rows(x_flat: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor
     return x_flat.index_select(0, (idx + base).reshape(-1)).view(*idx.shape, x_flat.shape[-1])
 
 
+PREDICTORS = ("plain", "official")
+OFFICIAL_BASIS_THRESHOLD = 2e-2  # the authors' default configuration: |P_back| <= this is zeroed
+OFFICIAL_COEF_TOPK = 8           # ... and the 8 largest coefficients per row of C are kept
+
+
+def keep_top_coefficients(coef: torch.Tensor, k: int) -> torch.Tensor:
+    """coef (..., N_r) with all but its ``k`` largest entries per row set to zero."""
+    if k >= coef.shape[-1]:
+        return coef
+    top = coef.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(coef).scatter_(-1, top.indices, top.values)
+
+
 class _SparsifinerBase(AttentionMethod):
     """Shared predictor; subclasses implement the attention over the kept keys."""
 
     def __init__(self, heads: int, head_dim: int, keep: float = 0.25, reduce_n: int = 6,
-                 reduce_c: int = 2, seed: int = 0):
+                 reduce_c: int = 2, seed: int = 0, predictor: str = "plain"):
         super().__init__(heads, head_dim)
         if not 0 < float(keep) <= 1 or int(reduce_n) < 1 or int(reduce_c) < 1:
             raise ValueError(f"need 0 < keep <= 1, reduce_n >= 1, reduce_c >= 1; got {keep}, {reduce_n}, {reduce_c}")
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {', '.join(PREDICTORS)}, got {predictor!r}")
         self.keep, self.reduce_n, self.reduce_c, self.seed = float(keep), int(reduce_n), int(reduce_c), int(seed)
+        self.predictor = predictor
         self.reduced_c = max(1, head_dim // self.reduce_c)
         gen = torch.Generator().manual_seed(seed)
         bound = 1.0 / math.sqrt(head_dim)  # nn.Linear's default uniform range
         def uniform(*shape):
             return torch.nn.Parameter(torch.empty(shape).uniform_(-bound, bound, generator=gen))
-        self.w_q, self.b_q = uniform(heads, head_dim, self.reduced_c), uniform(heads, 1, self.reduced_c)
-        self.w_k, self.b_k = uniform(heads, head_dim, self.reduced_c), uniform(heads, 1, self.reduced_c)
+        groups = 1 if predictor == "official" else heads   # one projection shared by all heads, or one per head
+        self.w_q, self.b_q = uniform(groups, head_dim, self.reduced_c), uniform(groups, 1, self.reduced_c)
+        self.w_k, self.b_k = uniform(groups, head_dim, self.reduced_c), uniform(groups, 1, self.reduced_c)
+        official = predictor == "official"
+        self.predictor_scale = heads ** -0.5 if official else self.reduced_c ** -0.5
         self.proj_n = torch.nn.ParameterDict()       # str(N) -> (N, N_r)
         self.proj_back_n = torch.nn.ParameterDict()  # str(N) -> (N, N_r)
 
@@ -91,11 +117,16 @@ class _SparsifinerBase(AttentionMethod):
         q_c = q @ self.w_q.to(q.dtype) + self.b_q.to(q.dtype)
         k_c = k @ self.w_k.to(k.dtype) + self.b_k.to(k.dtype)
         k_r = k_c.transpose(-1, -2) @ p_n.to(k.dtype)
-        return q_c, k_r, p_back.to(q.dtype).abs().transpose(0, 1)
+        basis = p_back.to(q.dtype).abs().transpose(0, 1)                        # (N_r, N)
+        if self.predictor == "official":
+            basis = basis.masked_fill(basis <= OFFICIAL_BASIS_THRESHOLD, 0.0)
+        return q_c, k_r, basis
 
     def block_indices(self, q_c_blk, k_r, basis, kept):
         """Indices (B, H, b, kept) of the top predicted keys for a block of queries."""
-        coef = torch.softmax((q_c_blk @ k_r) / math.sqrt(self.reduced_c), dim=-1)  # (B, H, b, N_r)
+        coef = torch.softmax((q_c_blk @ k_r) * self.predictor_scale, dim=-1)     # (B, H, b, N_r)
+        if self.predictor == "official":
+            coef = keep_top_coefficients(coef, OFFICIAL_COEF_TOPK)
         scores = coef @ basis                                                      # (B, H, b, N)
         return scores.topk(kept, dim=-1, sorted=False).indices
 
@@ -130,7 +161,7 @@ class _SparsifinerBase(AttentionMethod):
         return torch.softmax(logits, dim=-1)
 
 
-@register("sparsifiner-dense", family="sparsifiner", defaults={"keep": 0.25},
+@register("sparsifiner-dense", family="sparsifiner", defaults={"keep": 0.25, "predictor": "plain"},
           description="Sparsifiner, dense N×N logits masked to the predicted top-keep keys")
 class SparsifinerDense(_SparsifinerBase):
     """Dense masked form: all N² logits, softmax restricted to the kept keys."""
@@ -148,7 +179,7 @@ class SparsifinerDense(_SparsifinerBase):
         return batch * self.heads * n * n * (3 * dtype_bytes + 1)
 
 
-@register("sparsifiner", family="sparsifiner", defaults={"keep": 0.25},
+@register("sparsifiner", family="sparsifiner", defaults={"keep": 0.25, "predictor": "plain"},
           description="Sparsifiner, only the predicted top-keep keys gathered and computed")
 class Sparsifiner(_SparsifinerBase):
     """Gathered form: per query block, gather the kept keys/values and attend to those only."""

@@ -3,17 +3,26 @@
 The N tokens are an H x W grid in row-major order. It is split into non-overlapping windows of
 ``window`` x ``window`` tokens and softmax attention runs inside each window only.
 
-* A window side never exceeds the grid side: along an axis shorter than ``window`` the window is
-  the whole axis, so ``window`` >= both grid sides is exact attention.
+* ``shift_rule`` says what happens on a grid with a side at most ``window``:
+  ``"official"`` (default, as the Swin block of the authors' code): when the shorter side of the
+  grid is <= ``window``, the window shrinks to a square of that shorter side and the shift is
+  off; otherwise windows are ``window`` x ``window`` and ``shift=True`` shifts both axes.
+  (So a 1 x N grid, the near-square factorisation of a prime N, has single-token windows.)
+  ``"axis"``: each window side is clamped to its grid side separately and the shift applies only
+  along axes longer than the window, so ``window`` >= both grid sides is exact attention (a 7x14
+  grid with window 7 and ``shift=True`` then has 7x7 windows shifted along the columns only).
+  ``effective_window`` gives the window sides and shifts of either rule for a grid.
 * Sides that are not multiples of the window: the grid is padded at the bottom and right up to
   the next multiple. Padded tokens are keys with exactly zero weight (additive -inf mask) for
   every real query; their own outputs are computed and then dropped.
-* ``shift=True``: the padded grid is cyclically shifted by window//2 (per axis, only along
-  axes longer than the window), and Swin's region mask gives exactly zero weight between tokens
+* ``shift=True``: the padded grid is cyclically shifted by window//2 (along the axes that
+  ``shift_rule`` shifts), and Swin's region mask gives exactly zero weight between tokens
   that the cyclic shift brought together from different regions. This is the same as windows
   whose corners sit at offset -window//2 in the original grid, without wrap-around.
 * ``rel_pos_bias=True`` adds Swin's learnable relative position bias table
-  ((2*window-1)^2 entries per head, truncated-normal init, std 0.02) to the logits.
+  ((2*window-1)^2 entries per head, truncated-normal init, std 0.02) to the logits. When the
+  window shrinks, its offsets index the same table (the authors size theirs to the shrunk window;
+  with learned tables the two are the same function).
 
 MACs: the two per-window products q kᵀ and P v, over all windows of the *padded* grid, since
 that is what is multiplied: 2 * B * heads * n_windows * T^2 * d with T tokens per window.
@@ -55,12 +64,35 @@ class WindowGeometry:
         return self.wh * self.ww
 
 
-def window_geometry(h: int, w: int, window: int, shift: bool) -> WindowGeometry:
-    """Window sides clamped to the grid, padded sides, and the per-axis shift."""
+SHIFT_RULES = ("official", "axis")
+
+
+def effective_window(h: int, w: int, window: int, shift: bool,
+                     shift_rule: str = "official") -> tuple[int, int, int, int]:
+    """(wh, ww, sh, sw): window sides and cyclic shifts used on an h x w grid.
+
+    ``official``: a grid whose shorter side is <= ``window`` gets square windows of that side and
+    no shift; ``axis``: each side clamped to its axis, shift only along axes longer than the window.
+    """
+    if shift_rule == "official":
+        if min(h, w) <= window:
+            side = min(h, w)
+            return side, side, 0, 0
+        half = window // 2 if shift else 0
+        return window, window, half, half
+    if shift_rule != "axis":
+        raise ValueError(f"shift_rule must be one of {', '.join(SHIFT_RULES)}, got {shift_rule!r}")
     wh, ww = min(window, h), min(window, w)
-    hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
     sh = wh // 2 if shift and wh < h else 0
     sw = ww // 2 if shift and ww < w else 0
+    return wh, ww, sh, sw
+
+
+def window_geometry(h: int, w: int, window: int, shift: bool,
+                    shift_rule: str = "official") -> WindowGeometry:
+    """Window sides and shifts by ``shift_rule`` (see ``effective_window``) and the padded sides."""
+    wh, ww, sh, sw = effective_window(h, w, window, shift, shift_rule)
+    hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
     return WindowGeometry(h, w, wh, ww, hp, wp, sh, sw)
 
 
@@ -152,17 +184,24 @@ def relative_position_index(wh: int, ww: int, window: int) -> torch.Tensor:
 
 
 @register("window", family="window", needs_grid=True,
-          defaults={"window": 7, "shift": False, "rel_pos_bias": False},
+          defaults={"window": 7, "shift": False, "rel_pos_bias": False, "shift_rule": "official"},
           description="Swin window attention (W-MSA; shift=True for SW-MSA with the region mask)")
 class WindowAttention(AttentionMethod):
-    """Softmax attention inside non-overlapping windows of the token grid; see the module docstring."""
+    """Softmax attention inside non-overlapping windows of the token grid; see the module docstring.
+
+    ``shift_rule="official"`` (default): no shift, and square windows of the shorter grid side,
+    when that side is <= ``window``, as the authors' Swin block; ``"axis"``: per-axis clamping.
+    """
 
     def __init__(self, heads: int, head_dim: int, window: int = 7, shift: bool = False,
-                 rel_pos_bias: bool = False, seed: int = 0):
+                 rel_pos_bias: bool = False, seed: int = 0, shift_rule: str = "official"):
         super().__init__(heads, head_dim)
         if int(window) <= 0:
             raise ValueError(f"window must be positive, got {window}")
+        if shift_rule not in SHIFT_RULES:
+            raise ValueError(f"shift_rule must be one of {', '.join(SHIFT_RULES)}, got {shift_rule!r}")
         self.window, self.shift, self.rel_pos_bias = int(window), bool(shift), bool(rel_pos_bias)
+        self.shift_rule = shift_rule
         self.bias_table = None
         if self.rel_pos_bias:
             gen = torch.Generator().manual_seed(seed)
@@ -173,7 +212,7 @@ class WindowAttention(AttentionMethod):
 
     def geometry(self, n: int, grid: tuple[int, int] | None) -> WindowGeometry:
         h, w = checked_grid(n, grid)
-        return window_geometry(h, w, self.window, self.shift)
+        return window_geometry(h, w, self.window, self.shift, self.shift_rule)
 
     def _additive_mask(self, g: WindowGeometry, dtype, device) -> torch.Tensor | None:
         """(n_windows, T, T) 0 / -inf mask, cached per geometry, dtype and device."""
