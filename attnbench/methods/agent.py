@@ -118,7 +118,7 @@ class AgentAttention(AttentionMethod):
 
     def bench_fn(self, q, k, v, grid=None):
         if self.pos_bias:  # create the grid's parameters outside the timed call
-            self.decomposed_biases(grid_checked(q.shape[-2], grid), q.device)
+            self.decomposed_biases(checked_grid(q.shape[-2], grid), q.device)
         return super().bench_fn(q, k, v, grid)
 
     def weights(self, q, k, grid):
