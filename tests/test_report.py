@@ -206,6 +206,27 @@ def test_claims_put_measured_next_to_published():
     assert red["measured"].iloc[0] == pytest.approx(100 * (1 - 3_974_332_416 / 4_598_882_304))
 
 
+def test_claims_from_hand_written_numbers():
+    """A made-up published table and made-up model rows with round ratios; every claim by hand."""
+    paper = pd.DataFrame([
+        {"model": "Base", "arch": "deit-small", "attention": "vanilla", "m": float("nan"), "params_m": 20.0,
+         "macs_g": 5.0, "table": "Table 9", "page": 3},
+        {"model": "Fast", "arch": "deit-small", "attention": "anchor", "m": 30.0, "params_m": 15.0,
+         "macs_g": 2.5, "table": "Table 9", "page": 3}])
+    rows = [model_row("deit-small", "vanilla-math", 22_000_000, 4_000_000_000),
+            model_row("deit-small", "anchor", 16_500_000, 3_000_000_000, m=30, family="anchor")]
+    claims = claims_table(normalise(pd.DataFrame(rows).assign(source="s")), paper=paper)
+    got = sorted((r.model, r.quantity, r.published, r.measured, r.diff_pct) for r in claims.itertuples())
+    want = sorted([
+        ("Base", "params (M)", 20.0, 22.0, 10.0), ("Base", "MACs (G, fvcore)", 5.0, 4.0, -20.0),
+        ("Fast", "params (M)", 15.0, 16.5, 10.0), ("Fast", "MACs (G, fvcore)", 2.5, 3.0, 20.0),
+        ("Fast vs Base", "params reduction (%)", 25.0, 25.0, 0.0),
+        ("Fast vs Base", "MACs reduction (%)", 50.0, 25.0, -50.0)])
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    assert [g[2:] for g in got] == [pytest.approx(w[2:]) for w in want]
+    assert set(claims["source"]) == {"Table 9, page 3"}
+
+
 PUBLISHED_TABLE1 = {"DeiT-T": (5.6, 1.3), "DeiT-S": (21.9, 4.6), "DeiT-B": (86.3, 17.5),
                     "AnchorFormer-T": (4.2, 0.7), "AnchorFormer-S": (18.6, 2.7), "AnchorFormer-B": (63.5, 9.2)}
 
