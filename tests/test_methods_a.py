@@ -56,12 +56,9 @@ def _dense_window_mask(grid, win, shift, rule="axis"):
     else:
         def by(pos, side):
             return _official_block(pos, grid, win, shift)
-    coords = [(r, c) for r in range(h) for c in range(w)]
-    mask = torch.zeros(h * w, h * w, dtype=torch.bool)
-    for i, (ri, ci) in enumerate(coords):
-        for j, (rj, cj) in enumerate(coords):
-            mask[i, j] = by(ri, h) == by(rj, h) and by(ci, w) == by(cj, w)
-    return mask
+    rows = torch.tensor([by(r, h) for r in range(h) for _ in range(w)])   # (N,) window row of each token
+    cols = torch.tensor([by(c, w) for _ in range(h) for c in range(w)])   # (N,) window column
+    return (rows[:, None] == rows[None, :]) & (cols[:, None] == cols[None, :])
 
 
 def _dense_bias(grid, win, table):

@@ -286,12 +286,10 @@ def _agent_decomposed_reference(q, k, v, agents, mod, grid):
     ah, aw, ha, wa = (t.detach().double() for t in mod.decomposed_biases(grid))
     b_an = torch.zeros(heads, m, gh * gw, dtype=torch.float64)
     b_na = torch.zeros(heads, gh * gw, m, dtype=torch.float64)
-    for h in range(heads):
-        for r in range(gh):
-            for c in range(gw):
-                for j in range(m):
-                    b_an[h, j, r * gw + c] = ah[h, j, r, 0] + aw[h, j, 0, c]
-                    b_na[h, r * gw + c, j] = ha[h, r, 0, j] + wa[h, 0, c, j]
+    for r in range(gh):
+        for c in range(gw):
+            b_an[:, :, r * gw + c] = ah[:, :, r, 0] + aw[:, :, 0, c]      # (heads, m)
+            b_na[:, r * gw + c, :] = ha[:, r, 0, :] + wa[:, 0, c, :]
     if mod.bias:
         def resize(t):
             return F.interpolate(t.detach().double(), size=grid, mode="bilinear", align_corners=False)
