@@ -15,8 +15,8 @@ from attnbench.report.load import RunData, load_runs
 from attnbench.report.render import Link, Page, to_html, to_markdown, write_tables
 
 INTRO = ("Which attention to use at each measured n. err_skill = 1 − err / err of uniform attention on the same "
-         "inputs (0: no better than averaging v, 1: exact). Each figure links to the row it comes from; "
-         "figures, tables and the provenance of every row follow.")
+         "inputs (0: no better than averaging v, 1: exact). Every number below links to the measured row it "
+         "comes from; figures, tables and the provenance of every row follow.")
 
 
 @dataclass
@@ -247,7 +247,7 @@ def build_report(runs: list[Path], out: Path, at_n: int | None = None, fit_point
     ctx = Context(Page(), result, out / "figures", at_n, fit_points)
     ctx.page.add("h1", "attnbench report")
     ok = T.ok_attention(data.rows)
-    grouped = T.groups(ok)
+    grouped = sorted(T.groups(ok), key=lambda g: V.gaussian_note(g[1]) is not None)  # structured workloads first
     names = [("", "") if len(grouped) == 1 else (f"-g{i + 1}", f", group {i + 1}") for i in range(len(grouped))]
     ctx.page.add("p", INTRO)
     for (label, sub), (suffix, group) in zip(grouped, names):

@@ -112,22 +112,26 @@ def _m_of(series: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-TAB = dict(zip(("blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive", "cyan"),
-               sns.color_palette("tab10", 10)))
-# One colour and marker per method in every figure; methods of one family never share a colour.
+_T20 = sns.color_palette("tab20", 20)
+_NAMES = ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive", "cyan")
+TAB = dict(zip(_NAMES, _T20[0::2]))          # the ten dark tab20 colours
+LIGHT = dict(zip(_NAMES, _T20[1::2]))        # their light partners
+# One colour and marker per method in every figure; methods measured together in the default
+# sweep never share a colour, and methods of one family never share a marker.
 METHOD_STYLES = {
     "vanilla-sdpa": ((0.0, 0.0, 0.0), "o"), "vanilla-math": ((0.35, 0.35, 0.35), "s"),
     "vanilla-xformers": ((0.55, 0.55, 0.55), "D"), "vanilla-flex": ((0.2, 0.2, 0.2), "^"),
     "uniform": ((0.65, 0.65, 0.65), "X"),
     "anchor": (TAB["blue"], "o"), "anchor-select": (TAB["orange"], "s"), "fused-anchor": (TAB["green"], "^"),
     "anchor-compiled": (TAB["red"], "D"),
-    "window": (TAB["purple"], "o"), "window-flex": (TAB["pink"], "s"), "neighborhood": (TAB["brown"], "^"),
-    "neighborhood-flex": (TAB["olive"], "v"),
-    "pvt": (TAB["cyan"], "o"), "pvt-linear": (TAB["brown"], "s"),
-    "linear": (TAB["green"], "P"), "castling": (TAB["red"], "s"), "performer": (TAB["purple"], "^"),
-    "nystrom": (TAB["orange"], "v"), "agent": (TAB["olive"], "D"),
-    "sparsifiner": (TAB["pink"], "o"), "sparsifiner-dense": (TAB["cyan"], "s"), "sparsifiner-flex": (TAB["brown"], "v"),
-    "biformer": (TAB["blue"], "P"), "biformer-flex": (TAB["red"], "X"),
+    "nystrom": (TAB["purple"], "v"), "agent": (TAB["olive"], "D"),
+    "window": (TAB["brown"], "o"), "window-flex": (LIGHT["brown"], "s"), "neighborhood": (TAB["pink"], "^"),
+    "neighborhood-flex": (LIGHT["pink"], "v"),
+    "pvt": (TAB["cyan"], "o"), "pvt-linear": (LIGHT["cyan"], "s"),
+    "linear": (LIGHT["green"], "P"), "castling": (LIGHT["red"], "s"), "performer": (LIGHT["purple"], "^"),
+    "sparsifiner": (LIGHT["orange"], "o"), "sparsifiner-dense": (LIGHT["blue"], "s"),
+    "sparsifiner-flex": (LIGHT["olive"], "v"),
+    "biformer": ((0.72, 0.53, 0.04), "P"), "biformer-flex": ((0.45, 0.30, 0.0), "X"),
 }
 OTHER_COLOURS = [c for name, c in TAB.items() if name != "gray"]
 OTHER_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
@@ -261,7 +265,7 @@ def macs_vs_n(ok: pd.DataFrame, title: str):
 def error_column(ok: pd.DataFrame) -> tuple[str, str]:
     """(column, axis label) of the error shown: err_skill where any row has it, else err_rel_fro."""
     if "err_skill" in ok and pd.to_numeric(ok["err_skill"], errors="coerce").notna().any():
-        return "err_skill", "err_skill (1 − err / err of uniform; 0 = uniform, 1 = exact)"
+        return "err_skill", "err_skill (ratio; 0 = uniform, 1 = exact)"
     return "err_rel_fro", "relative error ‖out − exact‖ / ‖exact‖ (ratio)"
 
 
@@ -270,20 +274,24 @@ def error_vs_m(ok: pd.DataFrame, title: str):
     bud = ok[ok["m"].notna()].copy()
     col, ylabel = error_column(bud)
     bud[col] = pd.to_numeric(bud[col], errors="coerce")
-    bud["method_params"] = [f"{m} {_params(p)}".strip() for m, p in zip(bud["method"], bud["params_key"])]
+    sets = bud.groupby("method")["params_key"].transform("nunique")
+    bud["method_params"] = [f"{m} {_params(p)}".strip() if k > 1 else str(m)
+                            for m, p, k in zip(bud["method"], bud["params_key"], sets)]
     ns = sorted(int(n) for n in bud["n"].unique())
     fig, axes = _grid(len(ns), title, panel=(4.2, 3.0))
+    handles: dict[str, Line2D] = {}
     for ax, n in zip(axes, ns):
         at = bud[bud["n"] == n]
         for label in sorted(at["method_params"].unique()):
             part = at[at["method_params"] == label].sort_values("m")
             colour, marker = method_style(str(part["method"].iloc[0]))
-            ax.plot(part["m"], part[col], color=colour, marker=marker, markersize=4, linewidth=1.2, label=label)
+            handles[label], = ax.plot(part["m"], part[col], color=colour, marker=marker, markersize=4,
+                                      linewidth=1.2, label=label)
         ax.set(xscale="log", xlabel="budget m (anchors, landmarks, agents)", ylabel=ylabel, title=f"n = {n}")
         ax.yaxis.label.set_fontsize(7)
         ax.title.set_fontsize(8)
         data_ticks(ax, bud["m"])
-        ax.legend(fontsize=6, loc="best", framealpha=0.85, labelspacing=0.25)
+    fig.legend(handles=[handles[k] for k in sorted(handles)], loc="outside right upper", fontsize=6.5, frameon=False)
     return fig
 
 
@@ -343,7 +351,7 @@ def pareto(ok: pd.DataFrame, title: str, skill: pd.Series | None = None):
 def _front(at: pd.DataFrame, col: str) -> list[tuple[float, float, str]]:
     """Non-dominated (latency, error, series) at one n, by increasing latency."""
     x, y = list(at["latency_ms"]), list(at[col])
-    better = [-v for v in y] if col == "err_skill" else y  # lower is better for pareto_mask
+    better = [-round(v, 4) for v in y] if col == "err_skill" else y  # lower is better; 1e-4 apart = equal
     keep = pareto_mask(x, better)
     return sorted((xi, yi, s) for xi, yi, s, k in zip(x, y, at["series"], keep) if k)
 
@@ -362,7 +370,7 @@ def _pareto_panel(fig, ax, at: pd.DataFrame, col: str, ylabel: str, n: int) -> N
             ax.annotate(text, (1.0, level), xycoords=("axes fraction", "data"), xytext=(-2, 2),
                         textcoords="offset points", ha="right", va="bottom", fontsize=6, color="0.4")
         low = min(-0.1, float(at[col].min()) - 0.05) if len(at) else -0.1
-        ax.set_ylim(low, max(1.12, float(at[col].max()) + 0.05) if len(at) else 1.12)
+        ax.set_ylim(low, max(1.2, float(at[col].max()) + 0.1) if len(at) else 1.2)
     else:
         ax.set_yscale("log")
     ax.set(xscale="log", xlabel=f"latency (ms) at n = {n}", ylabel=ylabel, title=f"n = {n}")
@@ -379,7 +387,7 @@ def speedup_heatmap(ok: pd.DataFrame, reference: str, title: str):
     data["speedup"] = [ref[n] / float(t) for n, t in zip(data["n"], data["latency_ms"])]
     grid = data.pivot(index="series", columns="n", values="speedup")
     grid = grid.reindex(sorted(grid.index, key=_series_key))
-    fig, ax = _axes(title, figsize=(1.2 + 0.9 * grid.shape[1], 1.0 + 0.4 * grid.shape[0]))
+    fig, ax = _axes(title, figsize=(max(5.5, 2.6 + 0.9 * grid.shape[1]), 1.0 + 0.3 * grid.shape[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PendingDeprecationWarning)  # seaborn's cmap.set_bad
         sns.heatmap(np.log2(grid), annot=grid, fmt=".3g", cmap="RdBu", center=0, ax=ax,
