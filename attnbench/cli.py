@@ -278,7 +278,7 @@ def model_cmd(arch, attention_spec, img, m_spec, param_items, device, batch, ite
 @plugin_option
 @click.option("--run", "runs", multiple=True, help="Run folder (repeatable; default: the latest under results/).")
 @click.option("--out", default=None, help="Output folder (default: <first run>/report).")
-@click.option("--at-n", default=None, type=int, help="n of the Pareto plot and Table 1 analogue (default: the n "
+@click.option("--at-n", default=None, type=int, help="n of the Table 1 analogue (default: the n "
               "with the most ok methods).")
 @click.option("--fit-points", default=4, show_default=True, type=int, help="Largest n used for the scaling fit.")
 def report_cmd(runs, out, at_n, fit_points) -> None:
