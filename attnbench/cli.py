@@ -13,11 +13,12 @@ import click
 
 from attnbench import registry
 from attnbench.results import RowsFileError
-from attnbench.spec import DTYPES, MODES, SpecError, one_line, parse_m_spec, parse_n_spec, parse_params
+from attnbench.spec import DTYPES, MODES, SpecError, one_line, parse_m_spec, parse_n_spec, parse_params, positive
 from attnbench.workloads import WorkloadError
 
 DEFAULT_N = {"cpu": "196,1024", "cuda": "196..16384"}
 DEFAULT_M = "10,30,100"
+SEED_MAX = 2**62  # torch generators take 64-bit seeds; the fitting split adds an offset
 
 
 class BadInput(click.ClickException):
@@ -62,8 +63,10 @@ def check_device(device: str) -> str:
 
 def resolve_methods(spec: str | None, device: str) -> tuple[str, ...]:
     """Comma list of names, or every method (available ones only when no list is given)."""
-    if spec:
+    if spec is not None:
         names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+        if not names:
+            raise BadInput(f"--methods {spec!r} names no method; give names like anchor,vanilla-sdpa")
         for name in names:
             try:
                 registry.get_info(name)
@@ -138,7 +141,7 @@ def env_cmd(device: str | None) -> None:
 @click.option("--heads", default=6, show_default=True, type=int)
 @click.option("--head-dim", default=64, show_default=True, type=int)
 @click.option("--mode", default="fwd", show_default=True, help="fwd or fwdbwd.")
-@click.option("--workload", default="gaussian", show_default=True)
+@click.option("--workload", default="image", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--param", "param_items", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Method parameter, e.g. anchor.shared=true (repeatable).")
@@ -150,7 +153,7 @@ def env_cmd(device: str | None) -> None:
 @click.option("--no-flops", is_flag=True, help="Skip the fvcore and FlopCounterMode counts.")
 @click.option("--cuda-graphs", is_flag=True, help="Time replays of the call captured in a CUDA graph.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--fit", default="none", show_default=True,
+@click.option("--fit", default="closed", show_default=True,
               help="Learnable state before measuring: none, closed (fixed point) or distill (Adam), "
                    "on the workload's fitting split.")
 @click.option("--fit-iters", default=20, show_default=True, type=int, help="closed: fixed-point iterations.")
@@ -173,13 +176,14 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
         raise BadInput(f"unknown mode {mode!r}; use fwd or fwdbwd")
     if fit not in ("none", "closed", "distill"):
         raise BadInput(f"unknown --fit {fit!r}; use none, closed or distill")
-    for name, value in (("--batch", batch), ("--heads", heads), ("--head-dim", head_dim),
-                        ("--fit-iters", fit_iters), ("--fit-steps", fit_steps), ("--fit-lr", fit_lr),
-                        ("--min-run-time", min_run_time), ("--timeout", timeout_s)):
-        if value <= 0:
-            raise BadInput(f"{name} must be positive, got {value}")
+    if not 0 <= seed <= SEED_MAX:
+        raise BadInput(f"--seed must be an integer from 0 to {SEED_MAX}, got {seed}")
     try:
-        ns, ms = parse_n_spec(n_spec or DEFAULT_N[device]), parse_m_spec(m_spec)
+        for name, value in (("--batch", batch), ("--heads", heads), ("--head-dim", head_dim),
+                            ("--fit-iters", fit_iters), ("--fit-steps", fit_steps), ("--fit-lr", fit_lr),
+                            ("--min-run-time", min_run_time), ("--timeout", timeout_s)):
+            positive(name, value)
+        ns, ms = parse_n_spec(DEFAULT_N[device] if n_spec is None else n_spec), parse_m_spec(m_spec)
         params = parse_params(param_items)
     except SpecError as exc:
         raise BadInput(str(exc)) from None
@@ -274,7 +278,7 @@ def model_cmd(arch, attention_spec, img, m_spec, param_items, device, batch, ite
 @plugin_option
 @click.option("--run", "runs", multiple=True, help="Run folder (repeatable; default: the latest under results/).")
 @click.option("--out", default=None, help="Output folder (default: <first run>/report).")
-@click.option("--at-n", default=None, type=int, help="n of the Pareto plot and Table 1 analogue (default: the n "
+@click.option("--at-n", default=None, type=int, help="n of the Table 1 analogue (default: the n "
               "with the most ok methods).")
 @click.option("--fit-points", default=4, show_default=True, type=int, help="Largest n used for the scaling fit.")
 def report_cmd(runs, out, at_n, fit_points) -> None:

@@ -141,6 +141,7 @@ _PROVENANCE = [
 FIELDS: tuple[Field, ...] = tuple(_IDENTITY + _OUTCOME + _TELEMETRY + _ROOFLINE + _MODEL + _PROVENANCE)
 BY_NAME = {f.name: f for f in FIELDS}
 REQUIRED = ("method", "n", "status", "device", "dtype", "mode")
+POSITIVE = ("n", "m", "batch", "heads", "head_dim", "img")
 
 
 def fields_of(kind: str) -> tuple[Field, ...]:
@@ -184,6 +185,8 @@ def type_problem(row: dict[str, Any]) -> str | None:
         f = BY_NAME.get(name)
         if f is not None and not f.accepts(value):
             return f"field {name!r} is {type(value).__name__} {_short(value)}, expected {f.type}"
+        if name in POSITIVE and value is not None and value <= 0:
+            return f"field {name!r} is {value}, expected a positive {f.type}"
     return None
 
 

@@ -117,7 +117,7 @@ BAD_INPUTS = {
     "param-unknown-key": (["sweep", "--n", "16", "--methods", "anchor", "--param", "anchor.bogus=1"], "anchor takes"),
     "param-budget-key": (["sweep", "--n", "16", "--methods", "anchor", "--param", "anchor.m=5"], "set it with --m"),
     "param-other-method": (["sweep", "--n", "16", "--methods", "anchor", "--param", "nosuch.x=1"], "not among"),
-    "negative-timeout": (["sweep", "--n", "16", "--timeout", "-1"], "--timeout must be positive"),
+    "negative-timeout": (["sweep", "--n", "16", "--timeout", "-1"], "--timeout must be a positive"),
 }
 
 

@@ -328,3 +328,35 @@ def test_rows_lacking_a_figure_field_name_it_and_the_rest_is_written(tmp_path, c
     assert not (out / "figures" / "latency_vs_n.png").exists()
     assert "rows lack latency_ms" in (out / "report.md").read_text()
     assert len(pd.read_csv(out / "tables" / "measurements.csv")) == len(rows)
+
+
+def test_report_opens_with_the_verdict_and_ends_with_provenance(built):
+    _, (out, _) = built
+    md = (out / "report.md").read_text()
+    heads = [line for line in md.splitlines() if line.startswith("## ")]
+    assert heads[0] == "## Verdict" and heads[-1] == "## Provenance"
+    assert heads.index("## Figures") < heads.index("## Tables")
+    verdict = pd.read_csv(out / "tables" / "verdict.csv")
+    assert list(verdict["n"]) == list(NS)
+    # anchor m=10 has err_skill 1.0 here and is faster than mystery-attn (0.5) at every n
+    assert all(str(c).startswith("anchor m=10:") for c in verdict["fastest, err_skill ≥ 0.5"])
+    crossover = pd.read_csv(out / "tables" / "crossover.csv").set_index("family")
+    # mystery 2e-4 n^1.5 = 1e-5 n^2 at n = 400, between the measured 256 and 512
+    assert crossover.loc["mystery", "overtakes vanilla-sdpa"].startswith("between n=256 and n=512 (≈ 400")
+
+
+def test_every_link_has_a_target(built):
+    import re
+
+    _, (out, _) = built
+    md = (out / "report.md").read_text()
+    slugs = {re.sub(r"[^a-z0-9]+", "-", line.lstrip("#").strip().lower()).strip("-")
+             for line in md.splitlines() if line.startswith("#")}
+    targets = set(re.findall(r"\]\(#([^)]+)\)", md))
+    assert targets and targets <= slugs
+    html = (out / "report.html").read_text()
+    hrefs = set(re.findall(r"href='#([^']+)'", html))
+    ids = set(re.findall(r" id='([^']+)'", html))
+    assert hrefs and hrefs <= ids
+    assert all(h.startswith("row-") for h in hrefs)
+    assert "<script>" in html and "sortable" in html and "http" not in html.split("<script>")[1]

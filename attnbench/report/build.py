@@ -9,11 +9,16 @@ import pandas as pd
 
 from attnbench.report import figures as F
 from attnbench.report import tables as T
+from attnbench.report import verdict as V
 from attnbench.report.claims import claims_table
 from attnbench.report.energy import energy_frame
 from attnbench.report.load import RunData, load_runs
-from attnbench.report.render import Page, to_html, to_markdown, write_tables
+from attnbench.report.render import Link, Page, to_html, to_markdown, write_tables
 from attnbench.spec import one_line
+
+INTRO = ("Which attention to use at each measured n. err_skill = 1 − err / err of uniform attention on the same "
+         "inputs (0: no better than averaging v, 1: exact). Every number below links to the measured row it "
+         "comes from; figures, tables and the provenance of every row follow.")
 
 
 @dataclass
@@ -54,80 +59,145 @@ def add_figure(ctx: Context, rows: pd.DataFrame, fields: tuple[str, ...], name: 
     ctx.page.add("figure", caption, name)
 
 
-def add_table(ctx: Context, name: str, caption: str, frame: pd.DataFrame, empty_note: str) -> None:
+def add_table(ctx: Context, name: str, caption: str, frame: pd.DataFrame, empty_note: str,
+              row_ids: list[str] | None = None) -> None:
     if frame.empty:
         ctx.page.add("p", f"{caption}: {empty_note}")
         return
-    ctx.page.add("table", caption, name, frame)
+    ctx.page.add("table", caption, name, frame, row_ids)
 
 
-def group_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str) -> None:
-    """Figures and tables of one group of comparable rows."""
-    page = ctx.page
-    page.add("h2", f"Attention rows: {label}")
-    add_table(ctx, f"measurements{suffix}", "Every ok row (latency ms, memory MiB, MACs)", T.measurements_table(ok), "none")
-    scaling = T.scaling_table(ok, ctx.fit_points) if not lacking(ok, ("latency_ms",)) else pd.DataFrame()
-    labels = scaling_labels(scaling)
-    add_figure(ctx, ok, ("latency_ms",), f"latency_vs_n{suffix}", "Latency vs n (log-log); legend: fitted exponent "
-               f"over the {ctx.fit_points} largest n with its 95% interval, and the crossover n vs {T.REFERENCE}",
-               lambda: F.line_vs_n(ok, "latency_ms", "latency (ms)", label, labels), label)
-    add_table(ctx, f"scaling{suffix}", f"Latency exponent over the {ctx.fit_points} largest n (95% interval, t "
-              f"distribution) and the n beyond which each series is faster than {T.REFERENCE}", scaling,
-              "not computed, the rows lack latency_ms")
-    add_figure(ctx, ok, ("peak_mem_bytes",), f"memory_vs_n{suffix}", "Peak memory above the inputs vs n",
-               lambda: F.line_vs_n(ok, "peak_mem_mib", "peak memory (MiB)", label), label)
-    add_figure(ctx, ok, ("macs_analytic",), f"macs_vs_n{suffix}", "Forward MACs vs n: analytic, fvcore, "
-               "FlopCounterMode/2", lambda: F.macs_vs_n(ok, label), label)
-    if "energy_j_per_call" in T.optional_columns(ok):
-        add_figure(ctx, ok, ("energy_j_per_call",), f"energy_vs_n{suffix}", "Energy per call vs n",
-                   lambda: F.line_vs_n(ok, "energy_j_per_call", "energy per call (J)", label), label)
-        add_table(ctx, f"energy{suffix}", "Energy per call (J, NVML counter) with the GPU's power, clocks and "
-                  "throttle reasons other than idle", energy_frame(ok), "none")
-    budget_section(ctx, label, ok, suffix)
-    at_n_section(ctx, label, ok, suffix)
-
-
-def scaling_labels(scaling: pd.DataFrame) -> dict[str, str]:
-    """Legend entries: series (slope [95% interval], faster than the reference beyond n≈...)."""
-    out = {}
-    for r in scaling.to_dict("records"):
-        parts = []
-        if pd.notna(r["slope"]):
-            ci = f" [{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]" if pd.notna(r["ci95_low"]) else ""
-            parts.append(f"slope {r['slope']:.2f}{ci}")
-        cross = r[f"crossover_n_vs_{T.REFERENCE}"]
-        if pd.notna(cross):
-            parts.append(f"beats {T.REFERENCE} beyond n≈{cross:.0f}")
-        out[r["series"]] = r["series"] + (f" ({'; '.join(parts)})" if parts else "")
-    return out
-
-
-def budget_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str) -> None:
-    bud = ok[ok["m"].notna()]
-    if bud.empty:
-        ctx.page.add("p", "Error vs m and the ablation over m: no budgeted method in this group.")
-        ctx.result.notes.append(f"no budgeted method in {label}")
-        return
-    add_figure(ctx, bud, ("err_rel_fro",), f"error_vs_m{suffix}", "Relative error vs budget m (Table 5 analogue)",
-               lambda: F.error_vs_m(bud, label), label)
-    add_table(ctx, f"ablation_m{suffix}", "Ablation over m: budgeted methods at every n", T.ablation_m(bud), "none")
-
-
-def at_n_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str) -> None:
-    n = T.pick_n(ok, ctx.at_n)
-    if ctx.at_n is not None and n != ctx.at_n:
-        ctx.result.notes.append(f"n={ctx.at_n} not measured in {label}; n={n} used")
-        ctx.page.add("p", f"n={ctx.at_n} was not measured in this group; n={n} is used below.")
-    add_figure(ctx, ok[ok["n"] == n], ("latency_ms", "err_rel_fro"), f"pareto{suffix}",
-               f"Error vs latency at n={n}, Pareto front marked (Fig. 2 analogue, error in place of accuracy)",
-               lambda: F.pareto(ok, n, label), label)
+def figures_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str) -> None:
+    """Figures of one group of comparable rows."""
+    ctx.page.add("h3", label)
+    add_figure(ctx, ok, ("latency_ms",), f"latency_vs_n{suffix}", "Latency vs n (log-log), one panel per family, "
+               "exact attention in every panel; colour and marker by method, line style by budget m",
+               lambda: F.facet_vs_n(ok, "latency_ms", "latency (ms)", label), label)
     if (ok["method"] == T.REFERENCE).any():
         add_figure(ctx, ok, ("latency_ms",), f"speedup_heatmap{suffix}", f"Speedup vs {T.REFERENCE} "
                    f"(its latency / the series' latency)", lambda: F.speedup_heatmap(ok, T.REFERENCE, label), label)
     else:
         ctx.page.add("p", f"Speedup heatmap: no ok {T.REFERENCE} rows in this group.")
         ctx.result.notes.append(f"no {T.REFERENCE} rows in {label}: no speedup heatmap")
+    col = F.error_column(ok)[0]
+    add_figure(ctx, ok, ("latency_ms", "err_rel_fro"), f"pareto{suffix}",
+               f"{col} vs latency at every n, Pareto front marked (Fig. 2 analogue, error in place of accuracy)",
+               lambda: F.pareto(ok, label, V.skill(ok)), label)
+    add_figure(ctx, ok, ("peak_mem_bytes",), f"memory_vs_n{suffix}", "Peak memory above the inputs vs n, one "
+               "panel per family, exact attention in every panel", lambda: F.facet_vs_n(ok, "peak_mem_mib",
+               "peak memory (MiB)", label), label)
+    add_figure(ctx, ok, ("macs_analytic",), f"macs_vs_n{suffix}", "Forward MACs vs n: analytic (lines), fvcore (x), "
+               "FlopCounterMode/2 (+)", lambda: F.macs_vs_n(ok, label), label)
+    if "energy_j_per_call" in T.optional_columns(ok):
+        add_figure(ctx, ok, ("energy_j_per_call",), f"energy_vs_n{suffix}", "Energy per call vs n",
+                   lambda: F.facet_vs_n(ok, "energy_j_per_call", "energy per call (J)", label), label)
+    bud = ok[ok["m"].notna()]
+    if bud.empty:
+        ctx.page.add("p", "Error vs m: no budgeted method in this group.")
+        ctx.result.notes.append(f"no budgeted method in {label}")
+    else:
+        add_figure(ctx, bud, ("err_rel_fro",), f"error_vs_m{suffix}", f"{F.error_column(bud)[0]} vs budget m, one "
+                   "panel per n (Table 5 analogue)", lambda: F.error_vs_m(bud, label), label)
+
+
+def tables_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str, group: str) -> None:
+    """Tables of one group; the measurements table's rows carry the anchors the verdict links to."""
+    page = ctx.page
+    page.add("h3", f"Measurements{group}", measurements_anchor(group))
+    page.add("p", label)
+    table = T.measurements_table(ok)
+    add_table(ctx, f"measurements{suffix}", "Every ok row (latency ms, memory MiB, MACs)", table, "none",
+              [V.row_anchor(suffix, s, n) for s, n in zip(ok["series"], ok["n"])])
+    scaling = T.scaling_table(ok, ctx.fit_points) if not lacking(ok, ("latency_ms",)) else pd.DataFrame()
+    add_table(ctx, f"scaling{suffix}", f"Latency exponent over the {ctx.fit_points} largest n (95% interval, t "
+              f"distribution) and the n beyond which each series is faster than {T.REFERENCE}", scaling,
+              "not computed, the rows lack latency_ms")
+    bud = ok[ok["m"].notna()]
+    if len(bud):
+        add_table(ctx, f"ablation_m{suffix}", "Ablation over m: budgeted methods at every n", T.ablation_m(bud), "none")
+    n = T.pick_n(ok, ctx.at_n)
+    if ctx.at_n is not None and n != ctx.at_n:
+        ctx.result.notes.append(f"n={ctx.at_n} not measured in {label}; n={n} used")
+        page.add("p", f"n={ctx.at_n} was not measured in this group; n={n} is used below.")
     add_table(ctx, f"table1{suffix}", f"Table 1 analogue at n={n}: series grouped by MAC decade", T.table1(ok, n), "none")
+    if "energy_j_per_call" in T.optional_columns(ok):
+        add_table(ctx, f"energy{suffix}", "Energy per call (J, NVML counter) with the GPU's power, clocks and "
+                  "throttle reasons other than idle", energy_frame(ok), "none")
+
+
+def measurements_anchor(group: str) -> str:
+    """The anchor of a group's measurements heading: GitHub's slug of the heading text."""
+    return V.slug(f"Measurements{group}")
+
+
+def verdict_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str, group: str) -> None:
+    """The first screen of a group: the per-n verdict and the crossover of each family."""
+    page = ctx.page
+    page.add("h2", f"Verdict{group}", V.slug(f"Verdict{group}"))
+    page.add("p", label)
+    note = V.gaussian_note(ok)
+    if note:
+        page.add("p", note)
+    section = measurements_anchor(group)
+    add_table(ctx, f"verdict{suffix}", "Per n: the fastest approximate method reaching each err_skill bar, the "
+              "smallest in memory at err_skill ≥ 0.5, and the exact baseline", verdict_frame(ok, suffix, section),
+              "no ok rows")
+    add_table(ctx, f"crossover{suffix}", "Where each approximate family's fastest method overtakes exact attention "
+              "(bracketed by the measured n)", crossover_frame(ok, suffix, section),
+              "no exact baseline (vanilla family) in this group, so no crossover")
+
+
+def _ms(value: float | None) -> str:
+    return "?" if value is None else (f"{value:.0f}" if value >= 100 else f"{value:.3g}")
+
+
+def _link(text: str, pick: V.Pick, suffix: str, section: str) -> Link:
+    return Link(text, V.row_anchor(suffix, pick.series, pick.n), section)
+
+
+def _pick_cell(p: V.Pick | None, ref_ms: float | None, memory: bool, scored: bool, suffix: str, section: str):
+    """'window: 37.2 ms, skill 0.68, 24× faster than exact' (or MiB), linked to its row."""
+    if p is None:
+        return "none" if scored else "err_skill not recorded"
+    if memory:
+        return _link(f"{p.series}: {p.peak_mem_mib:.3g} MiB, skill {p.skill:.2f}", p, suffix, section)
+    speed = f", {ref_ms / p.latency_ms:.3g}× faster than exact" if ref_ms and p.latency_ms else ""
+    return _link(f"{p.series}: {_ms(p.latency_ms)} ms, skill {p.skill:.2f}{speed}", p, suffix, section)
+
+
+def _exact_cell(p: V.Pick | None, suffix: str, section: str):
+    if p is None:
+        return "not measured"
+    mem = f", {p.peak_mem_mib:.3g} MiB" if p.peak_mem_mib is not None else ""
+    return _link(f"{_ms(p.latency_ms)} ms{mem}", p, suffix, section)
+
+
+def verdict_frame(ok: pd.DataFrame, suffix: str, section: str) -> pd.DataFrame:
+    """The verdict as a table of linked cells, one line per n."""
+    derived = V.with_derived(ok)
+    scored, base = derived["skill"].notna().any(), V.baseline_series(derived)
+    out = []
+    for v in V.verdict(ok):
+        ref = v.exact.latency_ms if v.exact else None
+        line = {"n": v.n, f"exact ({base or 'none'})": _exact_cell(v.exact, suffix, section)}
+        for bar, p in v.fastest.items():
+            line[f"fastest, err_skill ≥ {bar:g}"] = _pick_cell(p, ref, False, scored, suffix, section)
+        line[f"least memory, err_skill ≥ {V.SKILL_BARS[0]:g}"] = _pick_cell(v.smallest, ref, True, scored, suffix, section)
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def crossover_frame(ok: pd.DataFrame, suffix: str, section: str) -> pd.DataFrame:
+    """One line per approximate family: the crossover text, linked to the first faster row."""
+    base = V.baseline_series(V.with_derived(ok))
+    out = []
+    for c in V.crossovers(ok):
+        text = V.crossover_text(c)
+        series, n = (c.high_series, c.high) if c.high is not None else (c.low_series, c.low)
+        cell = Link(text, V.row_anchor(suffix, series, n), section) if series else text
+        fastest = ", ".join(sorted({s for s in (c.low_series, c.high_series) if s}))
+        out.append({"family": c.family, f"overtakes {base}": cell, "its fastest method there": fastest})
+    return pd.DataFrame(out)
 
 
 def model_section(ctx: Context, rows: pd.DataFrame) -> None:
@@ -187,18 +257,26 @@ def failed_section(ctx: Context, rows: pd.DataFrame) -> None:
 def build_report(runs: list[Path], out: Path, at_n: int | None = None, fit_points: int = 4) -> ReportResult:
     """Write report.md, report.html, figures/ and tables/ under ``out``; see ReportResult."""
     data = load_runs(runs)
-    result = ReportResult(out=out, problems=list(data.problems))
+    result = ReportResult(out=out, problems=list(data.problems), notes=list(data.notes))
     if data.duplicates:
         result.notes.append(duplicates_note(data.duplicates).strip())
     ctx = Context(Page(), result, out / "figures", at_n, fit_points)
     ctx.page.add("h1", "attnbench report")
-    provenance_section(ctx, data)
     ok = T.ok_attention(data.rows)
-    grouped = T.groups(ok)
-    for i, (label, sub) in enumerate(grouped):
-        group_section(ctx, label, sub, "" if len(grouped) == 1 else f"-g{i + 1}")
+    grouped = sorted(T.groups(ok), key=lambda g: V.gaussian_note(g[1]) is not None)  # structured workloads first
+    names = [("", "") if len(grouped) == 1 else (f"-g{i + 1}", f", group {i + 1}") for i in range(len(grouped))]
+    ctx.page.add("p", INTRO)
+    for (label, sub), (suffix, group) in zip(grouped, names):
+        verdict_section(ctx, label, sub, suffix, group)
+    ctx.page.add("h2", "Figures")
+    for (label, sub), (suffix, _) in zip(grouped, names):
+        figures_section(ctx, label, sub, suffix)
+    ctx.page.add("h2", "Tables")
+    for (label, sub), (suffix, group) in zip(grouped, names):
+        tables_section(ctx, label, sub, suffix, group)
     model_section(ctx, data.rows)
     failed_section(ctx, data.rows)
+    provenance_section(ctx, data)
     write_outputs(ctx)
     return result
 

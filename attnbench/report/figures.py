@@ -4,8 +4,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import math
 import textwrap
 import warnings
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -78,17 +80,6 @@ def _axes(title: str, figsize=(7.5, 4.8)):
     return fig, ax
 
 
-def _legend(ax, title: str | None = None, entries: int | None = None, handles=None, labels=None) -> None:
-    """Compact legend right of the axes: one column, two above 40 entries."""
-    if handles is None:
-        handles, labels = ax.get_legend_handles_labels()
-    count = entries if entries is not None else len(labels)
-    ax.legend(handles, labels, fontsize=6.5, title=title, title_fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), frameon=False, ncols=1 if count <= 40 else 2,
-              handlelength=2.6, labelspacing=0.3, columnspacing=1.0, borderaxespad=0.0,
-              alignment="left")
-
-
 def _params(params_key) -> str:
     """{"backend": "inductor"} -> backend=inductor."""
     if not isinstance(params_key, str) or not params_key:
@@ -116,152 +107,191 @@ def _series_key(series: str):
     return (_base(series), int(match.group(1)) if match else -1)
 
 
-def _palette(keys) -> dict[str, tuple]:
-    """Distinct colours for sorted keys: the ten dark tab20 colours first, then their light
-    partners, so neighbours in sorted order never share a hue family; husl beyond 20."""
-    keys = sorted(set(keys))
-    if len(keys) <= 10:
-        colours = sns.color_palette("tab10", 10)
-    elif len(keys) <= 20:
-        tab = sns.color_palette("tab20", 20)
-        colours = tab[0::2] + tab[1::2]
-    else:
-        colours = sns.color_palette("husl", len(keys))
-    return {k: colours[i] for i, k in enumerate(keys)}
+def _m_of(series: str) -> int | None:
+    match = _M_SUFFIX.search(str(series))
+    return int(match.group(1)) if match else None
 
 
-DASHES = [(1, 1.5), (4, 1.5), (6, 1.5, 1, 1.5), (2, 1, 2, 3), (8, 2), (1, 3)]
-M_MARKERS = ["v", "s", "^", "D", "P", "X"]
-FAMILY_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d", "8"]
+_T20 = sns.color_palette("tab20", 20)
+_NAMES = ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive", "cyan")
+TAB = dict(zip(_NAMES, _T20[0::2]))          # the ten dark tab20 colours
+LIGHT = dict(zip(_NAMES, _T20[1::2]))        # their light partners
+# One colour and marker per method in every figure; methods measured together in the default
+# sweep never share a colour, and methods of one family never share a marker.
+METHOD_STYLES = {
+    "vanilla-sdpa": ((0.0, 0.0, 0.0), "o"), "vanilla-math": ((0.35, 0.35, 0.35), "s"),
+    "vanilla-xformers": ((0.55, 0.55, 0.55), "D"), "vanilla-flex": ((0.2, 0.2, 0.2), "^"),
+    "uniform": ((0.65, 0.65, 0.65), "X"),
+    "anchor": (TAB["blue"], "o"), "anchor-select": (TAB["orange"], "s"), "fused-anchor": (TAB["green"], "^"),
+    "anchor-compiled": (TAB["red"], "D"),
+    "nystrom": (TAB["purple"], "v"), "agent": (TAB["olive"], "D"),
+    "window": (TAB["brown"], "o"), "window-flex": (LIGHT["brown"], "s"), "neighborhood": (TAB["pink"], "^"),
+    "neighborhood-flex": (LIGHT["pink"], "v"),
+    "pvt": (TAB["cyan"], "o"), "pvt-linear": (LIGHT["cyan"], "s"),
+    "linear": (LIGHT["green"], "P"), "castling": (LIGHT["red"], "s"), "performer": (LIGHT["purple"], "^"),
+    "sparsifiner": (LIGHT["orange"], "o"), "sparsifiner-dense": (LIGHT["blue"], "s"),
+    "sparsifiner-flex": (LIGHT["olive"], "v"),
+    "biformer": ((0.72, 0.53, 0.04), "P"), "biformer-flex": ((0.45, 0.30, 0.0), "X"),
+}
+OTHER_COLOURS = [c for name, c in TAB.items() if name != "gray"]
+OTHER_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 
 
-def _budget_styles(ms) -> tuple[dict, dict]:
-    """Dash pattern and marker per budget m (``None``: no budget, solid line with circles)."""
-    levels = sorted({int(m) for m in ms if pd.notna(m)})
-    dashes = {None: ""} | {m: DASHES[i % len(DASHES)] for i, m in enumerate(levels)}
-    markers = {None: "o"} | {m: M_MARKERS[i % len(M_MARKERS)] for i, m in enumerate(levels)}
-    return dashes, markers
+def method_style(method: str) -> tuple[tuple, str]:
+    """(colour, marker) of a method: fixed for the built-in ones, from a hash of the name otherwise."""
+    if method in METHOD_STYLES:
+        return METHOD_STYLES[method]
+    h = zlib.crc32(str(method).encode("utf-8"))
+    return OTHER_COLOURS[h % len(OTHER_COLOURS)], OTHER_MARKERS[(h // len(OTHER_COLOURS)) % len(OTHER_MARKERS)]
 
 
-def _series_styles(series) -> tuple[dict, dict, dict]:
-    """Per series: colour by method (series without m), dashes and marker by budget m."""
-    series = sorted(set(series))
-    colours = _palette(_base(s) for s in series)
-    ms = {s: (int(_M_SUFFIX.search(s).group(1)) if _M_SUFFIX.search(s) else None) for s in series}
-    dashes, markers = _budget_styles(ms.values())
-    return ({s: colours[_base(s)] for s in series}, {s: dashes[ms[s]] for s in series},
-            {s: markers[ms[s]] for s in series})
+M_DASHES = [(0, (1, 1.2)), (0, (4, 1.5)), (0, (7, 1.5, 1, 1.5)), (0, (2, 1, 2, 3)), (0, (8, 2)), (0, (1, 3))]
 
 
-def _shaded_by_m(series) -> dict[str, tuple]:
-    """Colour by method; budget variants of one method as light-to-dark shades of it."""
-    colours, _, _ = _series_styles(series)
-    out = {}
-    for base in sorted({_base(s) for s in series}):
-        members = sorted((s for s in series if _base(s) == base),
-                         key=lambda s: int(_M_SUFFIX.search(s).group(1)) if _M_SUFFIX.search(s) else 0)
-        for i, s in enumerate(members):
-            mix = 0.0 if len(members) == 1 else 0.55 * (1 - i / (len(members) - 1))  # 0.55 white .. pure
-            out[s] = tuple(c + (1 - c) * mix for c in colours[s])
+def budget_dashes(ms) -> dict:
+    """Line style per budget m, in increasing m (solid: no budget)."""
+    levels = sorted({int(m) for m in ms if m is not None and pd.notna(m)})
+    return {None: "-"} | {m: M_DASHES[i % len(M_DASHES)] for i, m in enumerate(levels)}
+
+
+EXACT_FAMILY, NULL_FAMILY = "vanilla", "null"
+PANEL_SERIES = 8  # approximate series per panel at most; the exact ones come on top
+
+
+def _families(ok: pd.DataFrame) -> pd.Series:
+    fam = ok["family"] if "family" in ok else pd.Series(None, index=ok.index, dtype=object)
+    return fam.where(fam.notna(), ok["method"]).astype(str)
+
+
+def panels(ok: pd.DataFrame, limit: int = PANEL_SERIES) -> list[tuple[str, list[str]]]:
+    """(title, series) per panel: one panel per approximate family, methods packed whole into
+    panels of at most ``limit`` series (a family with more becomes "family (1/2)", ...)."""
+    fam = _families(ok)
+    out = []
+    for family in sorted(set(fam) - {EXACT_FAMILY, NULL_FAMILY}):
+        sub = ok[fam == family]
+        chunks: list[list[str]] = [[]]
+        for method in sorted(sub["method"].astype(str).unique()):
+            series = sorted(sub[sub["method"] == method]["series"].unique(), key=_series_key)
+            for i in range(0, len(series), limit):
+                part = series[i:i + limit]
+                if chunks[-1] and len(chunks[-1]) + len(part) > limit:
+                    chunks.append([])
+                chunks[-1] += part
+        for i, chunk in enumerate(chunks):
+            out.append((f"{family}" + (f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""), chunk))
     return out
 
 
-_CROSS = re.compile(r"beats (\S+) beyond n≈(\d+)")
+def exact_series(ok: pd.DataFrame) -> list[str]:
+    return sorted(ok[_families(ok) == EXACT_FAMILY]["series"].unique(), key=_series_key)
 
 
-def _short_label(label: str) -> tuple[str, str | None]:
-    """'x (slope 0.97 [0.68, 1.26]; beats ref beyond n≈341)' -> 'x  0.97 [0.68, 1.26]; n×341', ref."""
-    match = _CROSS.search(label)
-    ref = match.group(1) if match else None
-    label = _CROSS.sub(r"n×\2", label)
-    label = re.sub(r" \(slope ([^)]*)\)$", r": \1", label)
-    label = re.sub(r" \((n×\d+)\)$", r": \1", label)
-    return label, ref
+def _grid(count: int, title: str, panel=(4.0, 2.9), ncols: int = 3):
+    """Figure with ``count`` panels in rows of ``ncols``; unused cells hidden."""
+    sns.set_theme(style="whitegrid", context="paper")
+    ncols = max(1, min(ncols, count))
+    nrows = max(1, math.ceil(count / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows + 0.5),
+                             layout="constrained", squeeze=False)
+    fig.suptitle(_wrap(title, int(panel[0] * ncols * 14)), fontsize=9)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
 
 
-def line_vs_n(ok: pd.DataFrame, y: str, ylabel: str, title: str, labels: dict[str, str] | None = None,
-              scale: float = 1.0):
-    """One log-log line per series: colour by method, dashes and marker by budget m. ``labels``
-    may extend series names (fitted slopes, crossovers); their wording is shortened here and
-    explained in the legend title."""
-    data = ok[["series", "n", y]].copy()
-    data[y] = pd.to_numeric(data[y], errors="coerce") * scale
+def _series_line(ax, data: pd.DataFrame, series: str, x: str, y: str, dashes: dict, method: str) -> None:
+    part = data[data["series"] == series].sort_values(x)
+    if part.empty:
+        return
+    colour, marker = method_style(method)
+    ax.plot(part[x], part[y], color=colour, marker=marker, markersize=3.8, linewidth=1.2,
+            linestyle=dashes[_m_of(series)], label=series)
+
+
+def facet_vs_n(ok: pd.DataFrame, y: str, ylabel: str, title: str):
+    """One log-log panel per approximate family (see ``panels``), the exact series in every panel;
+    colour and marker by method, line style by budget m."""
+    data = ok.copy()
+    data[y] = pd.to_numeric(data[y], errors="coerce")
     data = data[data[y] > 0]
-    series = sorted(data["series"].unique(), key=_series_key)
-    short = {s: _short_label(labels.get(s, s) if labels else s) for s in series}
-    data["label"] = [short[s][0] for s in data["series"]]
-    colours, dashes, markers = _series_styles(series)
-    refs = sorted({r for _, r in short.values() if r})
-    fig, ax = _axes(title, figsize=(9.5, 5.6) if labels else (8.5, 5.4))
-    order = [short[s][0] for s in series]
-    sns.lineplot(data=data, x="n", y=y, hue="label", hue_order=order, style="label", style_order=order,
-                 palette={short[s][0]: colours[s] for s in series},
-                 dashes={short[s][0]: dashes[s] for s in series},
-                 markers={short[s][0]: markers[s] for s in series}, markersize=4, linewidth=1.2,
-                 estimator=None, errorbar=None, sort=True, ax=ax)
-    ax.set(xscale="log", yscale="log", xlabel="tokens n", ylabel=ylabel)
-    data_ticks(ax, data["n"])
-    legend_title = None
-    if labels and any(labels.get(s, s) != s for s in series):
-        legend_title = "series: log-log slope [95% interval]"
-        if refs:
-            legend_title += f";\nn× = faster than {', '.join(refs)} beyond this n"
-    _legend(ax, legend_title)
+    methods = dict(zip(data["series"], data["method"].astype(str)))
+    dashes = budget_dashes(_m_of(s) for s in methods)
+    layout = panels(data) or [("exact attention", [])]
+    fig, axes = _grid(len(layout), title)
+    for ax, (name, series) in zip(axes, layout):
+        for s in exact_series(data) + series:
+            _series_line(ax, data, s, "n", y, dashes, methods[s])
+        ax.set(xscale="log", yscale="log", xlabel="tokens n", ylabel=ylabel, title=f"family: {name}")
+        ax.title.set_fontsize(8)
+        data_ticks(ax, data["n"])
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.legend(fontsize=6, loc="upper left", frameon=True, framealpha=0.85, handlelength=2.6, labelspacing=0.25)
     return fig
 
 
 def macs_vs_n(ok: pd.DataFrame, title: str):
-    """Analytic MACs as lines (colour by method, dashes by m); fvcore and torch counts as
-    ``x`` and ``+`` markers in the same colour."""
-    long = ok.melt(id_vars=["series", "n"], value_vars=["macs_analytic", "macs_fvcore", "macs_torch"],
-                   var_name="count", value_name="macs")
-    long["macs"] = pd.to_numeric(long["macs"], errors="coerce")
-    long = long[long["macs"] > 0]
-    series = sorted(long["series"].unique())
-    colours, dashes, markers = _series_styles(series)
-    fig, ax = _axes(title, figsize=(8.5, 5.4))
-    analytic = long[long["count"] == "macs_analytic"]
-    if len(analytic):
-        order = sorted(analytic["series"].unique(), key=_series_key)
-        sns.lineplot(data=analytic, x="n", y="macs", hue="series", hue_order=order, style="series",
-                     style_order=order, palette={s: colours[s] for s in order},
-                     dashes={s: dashes[s] for s in order}, markers={s: markers[s] for s in order},
-                     markersize=3.5, linewidth=1.2, estimator=None, errorbar=None, sort=True, ax=ax)
-    handles, labels = ax.get_legend_handles_labels()
-    for count, marker, size in (("macs_fvcore", "x", 28), ("macs_torch", "+", 40)):
-        part = long[long["count"] == count]
-        if len(part):
-            sns.scatterplot(data=part, x="n", y="macs", hue="series", hue_order=sorted(part["series"].unique()),
-                            palette=colours, marker=marker, s=size, linewidth=0.9, legend=False, ax=ax)
-    keys = [Line2D([], [], color="0.2", lw=1.2, marker="o", markersize=3.5, label="analytic (line)"),
-            Line2D([], [], color="0.2", lw=0, marker="x", markersize=5, label="fvcore"),
-            Line2D([], [], color="0.2", lw=0, marker="+", markersize=6, label="FlopCounterMode/2")]
-    ax.set(xscale="log", yscale="log", xlabel="tokens n", ylabel="forward multiply-adds (MACs)")
-    data_ticks(ax, long["n"])
-    _legend(ax, "series (analytic line; fvcore x, torch +)", handles=handles + keys, labels=labels + [k.get_label() for k in keys])
+    """Analytic MACs as lines, per family panel with the exact series; fvcore and torch counts as
+    ``x`` and ``+`` markers in the method's colour."""
+    data = ok.copy()
+    for c in ("macs_analytic", "macs_fvcore", "macs_torch"):
+        data[c] = pd.to_numeric(data[c], errors="coerce")
+    data = data[data["macs_analytic"] > 0]
+    methods = dict(zip(data["series"], data["method"].astype(str)))
+    dashes = budget_dashes(_m_of(s) for s in methods)
+    layout = panels(data) or [("exact attention", [])]
+    fig, axes = _grid(len(layout), title)
+    for ax, (name, series) in zip(axes, layout):
+        for s in exact_series(data) + series:
+            _series_line(ax, data, s, "n", "macs_analytic", dashes, methods[s])
+            part = data[data["series"] == s]
+            colour, _ = method_style(methods[s])
+            for col, marker, size in (("macs_fvcore", "x", 22), ("macs_torch", "+", 34)):
+                pts = part[part[col] > 0]
+                ax.scatter(pts["n"], pts[col], marker=marker, s=size, color=colour, linewidths=0.8)
+        handles, labels = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], color="0.3", lw=0, marker="x", markersize=4.5, label="fvcore"),
+                    Line2D([], [], color="0.3", lw=0, marker="+", markersize=5.5, label="FlopCounterMode/2")]
+        ax.set(xscale="log", yscale="log", xlabel="tokens n", ylabel="forward MACs (multiply-adds)",
+               title=f"family: {name}")
+        ax.title.set_fontsize(8)
+        data_ticks(ax, data["n"])
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.legend(handles=handles, fontsize=6, loc="upper left", framealpha=0.85, handlelength=2.6, labelspacing=0.25)
     return fig
 
 
+def error_column(ok: pd.DataFrame) -> tuple[str, str]:
+    """(column, axis label) of the error shown: err_skill where any row has it, else err_rel_fro."""
+    if "err_skill" in ok and pd.to_numeric(ok["err_skill"], errors="coerce").notna().any():
+        return "err_skill", "err_skill (ratio; 0 = uniform, 1 = exact)"
+    return "err_rel_fro", "relative error ‖out − exact‖ / ‖exact‖ (ratio)"
+
+
 def error_vs_m(ok: pd.DataFrame, title: str):
-    """Relative error vs budget m: colour by (method, params), dashes and marker by n."""
+    """Error against budget m, one panel per n; colour and marker by (method, params)."""
     bud = ok[ok["m"].notna()].copy()
-    bud["method_params"] = [f"{m} {_params(p)}".strip() for m, p in zip(bud["method"], bud["params_key"])]
-    bud["n"] = bud["n"].astype(int).astype(str)
-    bud["err_rel_fro"] = pd.to_numeric(bud["err_rel_fro"], errors="coerce")
-    hue_order = sorted(bud["method_params"].unique())
-    n_order = sorted(bud["n"].unique(), key=int)
-    fig, ax = _axes(title, figsize=(8.5, 5.0))
-    sns.lineplot(data=bud, x="m", y="err_rel_fro", hue="method_params", style="n", markers=True,
-                 hue_order=hue_order, style_order=n_order, palette=_palette(hue_order),
-                 dashes={n: ("" if i == len(n_order) - 1 else DASHES[i % len(DASHES)]) for i, n in enumerate(n_order)},
-                 markersize=4.5, linewidth=1.2, estimator=None, errorbar=None, sort=True, ax=ax)
-    err = bud["err_rel_fro"][bud["err_rel_fro"] > 0]
-    narrow = len(err) and err.max() / err.min() < 5
-    ax.set(xscale="log", yscale="linear" if narrow else "log", xlabel="budget m", ylabel="relative Frobenius error")
-    data_ticks(ax, bud["m"])
-    handles, labels = ax.get_legend_handles_labels()
-    labels = [{"method_params": "method", "n": "tokens n"}.get(lab, lab) for lab in labels]
-    _legend(ax, handles=handles, labels=labels)
+    col, ylabel = error_column(bud)
+    bud[col] = pd.to_numeric(bud[col], errors="coerce")
+    sets = bud.groupby("method")["params_key"].transform("nunique")
+    bud["method_params"] = [f"{m} {_params(p)}".strip() if k > 1 else str(m)
+                            for m, p, k in zip(bud["method"], bud["params_key"], sets)]
+    ns = sorted(int(n) for n in bud["n"].unique())
+    fig, axes = _grid(len(ns), title, panel=(4.2, 3.0))
+    handles: dict[str, Line2D] = {}
+    for ax, n in zip(axes, ns):
+        at = bud[bud["n"] == n]
+        for label in sorted(at["method_params"].unique()):
+            part = at[at["method_params"] == label].sort_values("m")
+            colour, marker = method_style(str(part["method"].iloc[0]))
+            handles[label], = ax.plot(part["m"], part[col], color=colour, marker=marker, markersize=4,
+                                      linewidth=1.2, label=label)
+        ax.set(xscale="log", xlabel="budget m (anchors, landmarks, agents)", ylabel=ylabel, title=f"n = {n}")
+        ax.yaxis.label.set_fontsize(7)
+        ax.title.set_fontsize(8)
+        data_ticks(ax, bud["m"])
+    fig.legend(handles=[handles[k] for k in sorted(handles)], loc="outside right upper", fontsize=6.5, frameon=False)
     return fig
 
 
@@ -272,7 +302,7 @@ def _label_points(fig, ax, points) -> None:
     """Label (x, y, text) points; each label takes the first of eight staggered offsets at which it
     overlaps no label placed before it (measured on the rendered figure, so deterministic)."""
     renderer = fig.canvas.get_renderer()
-    placed = [ax.get_legend().get_window_extent(renderer)]
+    placed = [ax.get_legend().get_window_extent(renderer)] if ax.get_legend() else []
     frame = ax.get_window_extent(renderer)
     for xi, yi, text in points:
         for dy in LABEL_OFFSETS:
@@ -289,44 +319,64 @@ def _label_points(fig, ax, points) -> None:
             note.remove()
 
 
-def pareto(ok: pd.DataFrame, n: int, title: str):
-    """Error against latency at one n: colour by method, marker by family; the non-dominated
-    points joined by a step line and labelled."""
-    at = ok[ok["n"] == n].copy()
-    at = at[(pd.to_numeric(at["latency_ms"], errors="coerce") > 0) & pd.to_numeric(at["err_rel_fro"], errors="coerce").notna()]
-    at["latency_ms"] = at["latency_ms"].astype(float)
-    at["err_rel_fro"] = at["err_rel_fro"].astype(float)
-    at["family"] = at["family"].fillna(at["method"]).astype(str) if "family" in at else at["method"].astype(str)
-    x, y = list(at["latency_ms"]), list(at["err_rel_fro"])
-    series = sorted(at["series"].unique())
-    colours = _shaded_by_m(series)
-    families = sorted(at["family"].unique())
-    fig, ax = _axes(title, figsize=(9.0, 5.4))
-    sns.scatterplot(data=at, x="latency_ms", y="err_rel_fro", hue="series", hue_order=series, palette=colours,
-                    style="family", style_order=families,
-                    markers={f: FAMILY_MARKERS[i % len(FAMILY_MARKERS)] for i, f in enumerate(families)},
-                    s=42, alpha=0.85, edgecolor="white", linewidth=0.4, legend=False, ax=ax)
-    keep = pareto_mask(x, y)
-    front = sorted((xi, yi, s) for xi, yi, s, k in zip(x, y, at["series"], keep) if k)
-    ax.set(xscale="log", yscale="symlog" if min(y, default=1) <= 0 else "log", xlabel=f"latency (ms) at n={n}",
-           ylabel="relative Frobenius error")
-    if front:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", lw=1, zorder=1)
-    family_of = dict(zip(at["series"], at["family"]))
-    marker_of = {f: FAMILY_MARKERS[i % len(FAMILY_MARKERS)] for i, f in enumerate(families)}
-    handles = [Line2D([], [], lw=0, marker=marker_of[family_of[s]], markersize=5, color=colours[s], label=s)
-               for s in sorted(series, key=_series_key)]
-    handles.append(Line2D([], [], lw=0, label=""))
-    handles += [Line2D([], [], lw=0, marker=FAMILY_MARKERS[i % len(FAMILY_MARKERS)], markersize=5, color="0.3",
-                       label=f"family: {f}") for i, f in enumerate(families)]
+def pareto(ok: pd.DataFrame, title: str, skill: pd.Series | None = None):
+    """Error against latency, one panel per n, colour and marker by method; the non-dominated
+    points (faster or better than every other) joined by a step line and labelled. The error is
+    err_skill (higher is better; uniform 0 and exact 1 drawn as lines) where the rows have it."""
+    data = ok.copy()
+    col, ylabel = error_column(data)
+    if skill is not None and col == "err_skill":
+        data["err_skill"] = skill
+    data[col] = pd.to_numeric(data[col], errors="coerce")
+    data["latency_ms"] = pd.to_numeric(data["latency_ms"], errors="coerce")
+    data = data[(data["latency_ms"] > 0) & data[col].notna()]
+    ns = sorted(int(n) for n in data["n"].unique())
+    fig, axes = _grid(len(ns), title, panel=(5.4, 3.8), ncols=2)
+    for ax, n in zip(axes, ns):
+        _pareto_panel(fig, ax, data[data["n"] == n], col, ylabel, n)
+    methods = sorted(data["method"].astype(str).unique())
+    handles = [Line2D([], [], lw=0, marker=method_style(m)[1], markersize=5, color=method_style(m)[0], label=m)
+               for m in methods]
     handles.append(Line2D([], [], color="black", lw=1, label="Pareto front (labelled)"))
-    _legend(ax, handles=handles, labels=[h.get_label() for h in handles])
-    if front:
-        plain_log_ticks(ax)
+    fig.legend(handles=handles, loc="outside right upper", fontsize=6.5, frameon=False)
+    if ns:
         fig.canvas.draw()  # settle the layout and limits, then place labels and freeze the layout
         fig.set_layout_engine("none")
-        _label_points(fig, ax, front)
+        for ax, n in zip(axes, ns):
+            at = data[data["n"] == n]
+            _label_points(fig, ax, _front(at, col))
     return fig
+
+
+def _front(at: pd.DataFrame, col: str) -> list[tuple[float, float, str]]:
+    """Non-dominated (latency, error, series) at one n, by increasing latency."""
+    x, y = list(at["latency_ms"]), list(at[col])
+    better = [-round(v, 4) for v in y] if col == "err_skill" else y  # lower is better; 1e-4 apart = equal
+    keep = pareto_mask(x, better)
+    return sorted((xi, yi, s) for xi, yi, s, k in zip(x, y, at["series"], keep) if k)
+
+
+def _pareto_panel(fig, ax, at: pd.DataFrame, col: str, ylabel: str, n: int) -> None:
+    for method, part in at.groupby("method", sort=True):
+        colour, marker = method_style(str(method))
+        ax.scatter(part["latency_ms"], part[col], color=colour, marker=marker, s=30, alpha=0.9,
+                   edgecolor="white", linewidth=0.4)
+    front = _front(at, col)
+    if front:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", lw=1, zorder=1)
+    if col == "err_skill":
+        for level, text in ((0.0, "uniform"), (1.0, "exact")):
+            ax.axhline(level, color="0.5", lw=0.8, ls=":", zorder=0)
+            ax.annotate(text, (1.0, level), xycoords=("axes fraction", "data"), xytext=(-2, 2),
+                        textcoords="offset points", ha="right", va="bottom", fontsize=6, color="0.4")
+        low = min(-0.1, float(at[col].min()) - 0.05) if len(at) else -0.1
+        ax.set_ylim(low, max(1.2, float(at[col].max()) + 0.1) if len(at) else 1.2)
+    else:
+        ax.set_yscale("log")
+    ax.set(xscale="log", xlabel=f"latency (ms) at n = {n}", ylabel=ylabel, title=f"n = {n}")
+    ax.yaxis.label.set_fontsize(7)
+    ax.title.set_fontsize(8)
+    plain_log_ticks(ax)
 
 
 def speedup_heatmap(ok: pd.DataFrame, reference: str, title: str):
@@ -337,7 +387,7 @@ def speedup_heatmap(ok: pd.DataFrame, reference: str, title: str):
     data["speedup"] = [ref[n] / float(t) for n, t in zip(data["n"], data["latency_ms"])]
     grid = data.pivot(index="series", columns="n", values="speedup")
     grid = grid.reindex(sorted(grid.index, key=_series_key))
-    fig, ax = _axes(title, figsize=(1.2 + 0.9 * grid.shape[1], 1.0 + 0.4 * grid.shape[0]))
+    fig, ax = _axes(title, figsize=(max(5.5, 2.6 + 0.9 * grid.shape[1]), 1.0 + 0.3 * grid.shape[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PendingDeprecationWarning)  # seaborn's cmap.set_bad
         sns.heatmap(np.log2(grid), annot=grid, fmt=".3g", cmap="RdBu", center=0, ax=ax,

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from attnbench import rows as R
+from attnbench.report.validate import read_invocations
 from attnbench.results import RowsFileError, read_rows
 
 # Fields that set a measurement apart: rows differing in any of them are never compared as one.
@@ -28,6 +29,7 @@ class RunData:
     invocations: list[dict[str, Any]]        # runs.jsonl entries, each with its source
     problems: list[str] = field(default_factory=list)
     duplicates: dict[str, int] = field(default_factory=dict)  # rows dropped per run folder (same identity)
+    notes: list[str] = field(default_factory=list)     # e.g. damaged runs.jsonl lines skipped
 
 
 def latest_run(results: Path) -> Path:
@@ -38,7 +40,8 @@ def latest_run(results: Path) -> Path:
     return found[-1].parent
 
 
-def read_run(path: Path, problems: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def read_run(path: Path, problems: list[str], notes: list[str] | None = None
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(rows, invocations) of one run folder or rows.jsonl; problems are appended, not raised."""
     rows_path = path / "rows.jsonl" if path.is_dir() else path
     if not path.exists():
@@ -54,27 +57,19 @@ def read_run(path: Path, problems: list[str]) -> tuple[list[dict[str, Any]], lis
         return [], []
     if not rows:
         problems.append(f"run {path} is empty: {rows_path} holds no rows")
-    return rows, read_invocations(rows_path.parent / "runs.jsonl")
-
-
-def read_invocations(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # provenance only; a damaged line does not stop the report
-    return out
+    invocations, skipped = read_invocations(rows_path.parent / "runs.jsonl")
+    if notes is not None:
+        notes += skipped
+    return rows, invocations
 
 
 def load_runs(paths: list[Path]) -> RunData:
     """All rows of ``paths``; raises ReportError only when no row at all could be read."""
     problems: list[str] = []
+    notes: list[str] = []
     rows, invocations, duplicates = [], [], {}
     for path in paths:
-        run_rows, run_invs = read_run(Path(path), problems)
+        run_rows, run_invs = read_run(Path(path), problems, notes)
         source = Path(path).name if Path(path).is_dir() else Path(path).parent.name
         kept, dropped = R.dedup(run_rows)   # a point measured twice in one folder: the last row wins
         if dropped:
@@ -83,7 +78,7 @@ def load_runs(paths: list[Path]) -> RunData:
         invocations += [{**inv, "source": source} for inv in run_invs]
     if not rows:
         raise ReportError("; ".join(problems) or "no rows")
-    return RunData(normalise(pd.DataFrame(rows)), invocations, problems, duplicates)
+    return RunData(normalise(pd.DataFrame(rows)), invocations, problems, duplicates, notes)
 
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,66 @@
+"""report.html as headless Chromium renders it: figures load, the verdict fills the first
+screen at 1280x800, verdict links reach their rows, and a header click sorts its table."""
+import pytest
+
+from attnbench.cli import main
+from attnbench.report import browser as B
+from test_report import synthetic_rows, write_run
+
+_, _, WHY = B.chromium_paths()
+pytestmark = pytest.mark.skipif(WHY is not None, reason=f"no headless browser: {WHY}")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    base = tmp_path_factory.mktemp("browser")
+    run = write_run(base / "run", synthetic_rows())
+    assert main(["report", "--run", str(run), "--out", str(base / "out")]) == 0
+    html = base / "out" / "report.html"
+    with B.headless() as driver:
+        B.open_page(driver, html)
+        yield driver, base / "out"
+
+
+def test_every_figure_loaded(page):
+    driver, out = page
+    shown = B.images(driver)
+    assert len(shown) == len(list((out / "figures").glob("*.png"))) > 0
+    assert all(done and w > 0 and h > 0 for done, w, h in shown), shown
+
+
+def test_verdict_is_on_the_first_screen(page):
+    driver, _ = page
+    for selector in ("div.verdict", "div.crossover"):
+        got = B.box(driver, selector)
+        assert got is not None, selector
+        assert (got["width"], got["height"]) == B.VIEWPORT
+        assert got["scroll_y"] == 0 and 0 <= got["top"] < got["bottom"] <= got["height"], (selector, got)
+        assert got["right"] <= got["width"], (selector, got)
+
+
+def test_verdict_link_reaches_its_row(page):
+    from selenium.webdriver.common.by import By
+
+    driver, _ = page
+    link = driver.find_elements(By.CSS_SELECTOR, "div.verdict a")[0]
+    target = link.get_attribute("href").split("#", 1)[1]
+    link.click()
+    assert driver.execute_script("return location.hash;") == f"#{target}"
+    row = driver.find_element(By.ID, target)
+    assert row.tag_name == "tr" and row.find_element(By.XPATH, "ancestor::table").get_attribute("data-name") == "measurements"
+    assert -1 <= B.box(driver, f"#{target}")["top"] < B.VIEWPORT[1]  # scrolled to the row
+    driver.execute_script("window.scrollTo(0, 0);")
+
+
+def test_clicking_a_header_sorts_the_table(page):
+    driver, _ = page
+    table = "table[data-name='measurements']"
+    col = B.click_header(driver, table, "latency_ms")
+    up = [float(x) for x in B.column(driver, table, col)]
+    assert up == sorted(up) and up != [float(x) for x in reversed(up)]
+    B.click_header(driver, table, "latency_ms")
+    assert [float(x) for x in B.column(driver, table, col)] == sorted(up, reverse=True)
+    col = B.click_header(driver, table, "series")
+    names = B.column(driver, table, col)
+    assert names == sorted(names)
+    driver.execute_script("window.scrollTo(0, 0);")
