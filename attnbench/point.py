@@ -129,7 +129,8 @@ def point_data(cfg: SweepConfig, wl: Workload, n: int, ref: Callable[[], ExactRe
 
     fit_wl = once("fit_wl", lambda: make_workload(cfg.workload, cfg.batch, cfg.heads, n, cfg.head_dim,
                                                   dtype=DTYPES[cfg.dtype], device=cfg.device,
-                                                  seed=cfg.seed, split="fit"))
+                                                  seed=cfg.seed, split="fit",
+                                                  layer=wl.params.get("layer")))  # fit on the same layer
     exact_fit = once("exact_fit", lambda: exact_reference(fit_wl().q, fit_wl().k, fit_wl().v).out)
     return PointData(uniform_err=once("uniform", uniform_err), fit_data=fit_wl, exact_fit=exact_fit)
 
