@@ -301,7 +301,11 @@ def _capture_meta(path: str) -> dict[str, Any] | None:
 
     with safe_open(path, framework="pt") as fh:
         meta = fh.metadata() or {}
-    return json.loads(meta["attnbench.capture"]) if "attnbench.capture" in meta else None
+    try:
+        value = json.loads(meta["attnbench.capture"]) if "attnbench.capture" in meta else None
+    except json.JSONDecodeError:
+        return None                       # someone else's header: the tensors are still usable
+    return value if isinstance(value, dict) else None
 
 
 @register_workload("file")
