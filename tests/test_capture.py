@@ -135,6 +135,14 @@ def test_drift_exact_attention_keeps_the_embedding(minilm, tmp_path):
     assert run_drift(cfg, loaded=minilm) == []                             # resume: nothing left
 
 
+def test_drift_distill_fits_every_layer(minilm, tmp_path):
+    cfg = DriftConfig(model="minilm", methods=("anchor",), out=tmp_path, ms=(3,), fits=("distill",), fit_steps=2,
+                      n=N, batch=1)
+    (row,) = run_drift(cfg, loaded=minilm)
+    assert row["status"] == "ok" and [f["applied"] for f in row["fit_info"]] == ["distill"] * 6
+    assert all(f["loss_end"] < f["loss_start"] for f in row["fit_info"])
+
+
 def test_drift_vit_top1_and_kl(deit, tmp_path):
     cfg = DriftConfig(model=f"timm:{DEIT}", methods=("vanilla-sdpa", "uniform"), out=tmp_path, random_weights=True,
                       batch=2)
@@ -167,4 +175,8 @@ def test_bad_input_is_one_line(tmp_path, capsys):
                            "--out", out], capsys)
     assert "no images" in err
     assert "unknown method" in one_line_exit_2(["drift", "--model", "minilm", "--attention", "nope"], capsys)
+    assert "unknown --fit" in one_line_exit_2(["drift", "--model", "minilm", "--attention", "anchor", "--fit", "best"],
+                                              capsys)
+    assert "--text or --images" in one_line_exit_2(["drift", "--model", "minilm", "--attention", "uniform", "--text",
+                                                    str(short), "--images", str(empty)], capsys)
     assert not os.path.exists(out)
