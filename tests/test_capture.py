@@ -132,6 +132,7 @@ def test_drift_exact_attention_keeps_the_embedding(minilm, tmp_path):
     assert len(exact["hidden_cos_mean"]) == 6
     stored = read_rows(tmp_path / "rows.jsonl")
     assert [r["kind"] for r in stored] == ["drift"] * 3
+    assert stored[0]["env"]["torch"] == torch.__version__ and len((tmp_path / "runs.jsonl").read_text().splitlines()) == 2
     assert run_drift(cfg, loaded=minilm) == []                             # resume: nothing left
 
 

@@ -226,7 +226,7 @@ def run_drift(cfg: DriftConfig, argv: list[str] | None = None, echo: Callable[[s
     if todo:
         ref = reference(loaded, ev, fit_inputs)
     written = []
-    stamp = {"argv": argv if argv is not None else sys.argv}
+    stamp = record_invocation(cfg, argv if argv is not None else sys.argv) if todo else {}
     for s in todo:
         row = measure_setting(cfg, loaded, s, ref, ev, base_drift_row(cfg, loaded, s, n, batch, ev_inputs.describe))
         row.update(stamp, timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -235,6 +235,20 @@ def run_drift(cfg: DriftConfig, argv: list[str] | None = None, echo: Callable[[s
         if echo is not None:
             echo(summary_line(row))
     return written
+
+
+def record_invocation(cfg: DriftConfig, argv: list[str]) -> dict[str, Any]:
+    """Append the command to OUT/runs.jsonl (as a sweep does); the run_id and env every row carries."""
+    import uuid
+
+    from attnbench.measure.env import collect_env
+
+    env = collect_env(cfg.device, cfg.seed)
+    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    with open(cfg.out / "runs.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"run_id": run_id, "argv": argv, "env": env, "timestamp": env["timestamp"]},
+                            default=str) + "\n")
+    return {"run_id": run_id, "env": env}
 
 
 def _batch_and_tokens(loaded: LoadedModel, ev: dict[str, torch.Tensor]) -> tuple[int, int]:
