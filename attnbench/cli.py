@@ -12,6 +12,7 @@ from typing import Any, Callable
 import click
 
 from attnbench import registry
+from attnbench.capture.cli import model_options, run_capture_cmd, run_drift_cmd
 from attnbench.results import RowsFileError
 from attnbench.spec import DTYPES, MODES, SpecError, one_line, parse_m_spec, parse_n_spec, parse_params, positive
 from attnbench.workloads import WorkloadError
@@ -332,6 +333,33 @@ def check_cmd(baseline_path, tolerance, methods_spec, update, device, repeats, n
         raise BadInput(str(exc)) from None
     if code:
         raise click.exceptions.Exit(code)
+
+
+@cli.command("capture")
+@model_options
+@click.option("--out", required=True, help="Output .safetensors file (read by --workload file:OUT).")
+def capture_cmd(model, weights, random_weights, seed, text, images, n, batch, fit_batch, out) -> None:
+    """Record every layer's q, k, v of a pretrained model into a file the file: workload reads."""
+    run_capture_cmd(BadInput, model, weights, random_weights, seed, text, images, n, batch, fit_batch, out)
+
+
+@cli.command("drift")
+@plugin_option
+@model_options
+@click.option("--attention", required=True, help="Registered method(s) replacing every layer's attention, comma list.")
+@click.option("--m", "m_spec", default="30", show_default=True, help="Budgets of budgeted methods, comma list.")
+@click.option("--param", "param_items", multiple=True, metavar="METHOD.KEY=VALUE", help="Method parameter (repeatable).")
+@click.option("--fit", default="none", show_default=True, help="none, closed or distill (comma list), per layer.")
+@click.option("--fit-iters", default=20, show_default=True, type=int, help="closed: fixed-point iterations.")
+@click.option("--fit-steps", default=200, show_default=True, type=int, help="distill: Adam steps.")
+@click.option("--fit-lr", default=5e-2, show_default=True, type=float, help="distill: Adam learning rate.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--out", default=None, help="Run folder (default results/drift-<model>); rerun to resume.")
+def drift_cmd(model, weights, random_weights, seed, text, images, n, batch, fit_batch, attention, m_spec,
+              param_items, fit, fit_iters, fit_steps, fit_lr, device, out) -> None:
+    """Swap a pretrained model's attention in every layer; compare its outputs with the exact model's."""
+    run_drift_cmd(BadInput, model, attention, m_spec, param_items, fit, fit_iters, fit_steps, fit_lr, weights,
+                  random_weights, seed, text, images, n, batch, fit_batch, check_device(device), out)
 
 
 def main(argv: list[str] | None = None) -> int:

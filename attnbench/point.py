@@ -43,6 +43,7 @@ def base_row(cfg: SweepConfig, p: Point) -> dict[str, Any]:
         "device": cfg.device, "device_name": cfg.device_name or device_label(cfg.device), "mode": cfg.mode,
         "workload": cfg.workload, "seed": cfg.seed, "flops_scope": "fwd", "impl": {},
         "fit": cfg.fit, "fit_cfg": fit_settings(cfg), "timing_mode": "cuda_graph" if cfg.timing.cuda_graphs else "eager",
+        "layer": p.layer,
     }
 
 
@@ -210,7 +211,8 @@ def point_data(cfg: SweepConfig, wl: Workload, n: int, ref: Callable[[], ExactRe
 
     fit_wl = once("fit_wl", lambda: make_workload(cfg.workload, cfg.batch, cfg.heads, n, cfg.head_dim,
                                                   dtype=DTYPES[cfg.dtype], device=cfg.device,
-                                                  seed=cfg.seed, split="fit"))
+                                                  seed=cfg.seed, split="fit",
+                                                  layer=wl.params.get("layer")))  # fit on the same layer
     exact_fit = once("exact_fit", lambda: exact_reference(fit_wl().q, fit_wl().k, fit_wl().v).out)
     return PointData(uniform_err=once("uniform", uniform_err), fit_data=fit_wl, exact_fit=exact_fit)
 

@@ -14,11 +14,12 @@ from typing import Any, Iterable
 from attnbench.measure.roofline import ROOFLINE_FIELDS
 from attnbench.measure.telemetry import TELEMETRY_KEYS
 
-KINDS = ("attention", "model")
+KINDS = ("attention", "model", "drift")
 STATUSES = ("ok", "oom", "error", "unsupported", "timeout", "crashed", "harness_error")
 NUMBER, INT, TEXT, FLAG, MAPPING, LIST, ANY = "number", "int", "text", "flag", "mapping", "list", "any"
 _TYPES = {NUMBER: (int, float), INT: (int,), TEXT: (str,), FLAG: (bool,), MAPPING: (dict,), LIST: (list,)}
-BOTH = KINDS
+BOTH = KINDS          # fields every kind of row carries
+SWEPT = ("attention", "drift")
 
 
 @dataclass(frozen=True)
@@ -47,29 +48,33 @@ def _f(name, type_, unit, doc, kinds=("attention",), key=False, group=""):
 
 
 _IDENTITY = [
-    _f("kind", TEXT, "", "`attention` (a sweep point) or `model` (a whole-model audit)", BOTH, True),
+    _f("kind", TEXT, "", "`attention` (a sweep point), `model` (a whole-model audit) or `drift` (a pretrained "
+       "model with its attention replaced)", BOTH, True),
     _f("method", TEXT, "", "registry name of the attention", BOTH, True),
     _f("family", TEXT, "", "the method's family (vanilla, anchor, window, ...)", BOTH),
     _f("params", MAPPING, "", "constructor parameters other than the budget", BOTH, True),
     _f("n", INT, "tokens", "token count N (models: tokens a block attends over, cls included)", BOTH, True),
     _f("m", INT, "", "budget (anchors, landmarks, agents); null for methods without one", BOTH, True),
     _f("batch", INT, "", "batch size", BOTH, True),
-    _f("heads", INT, "", "attention heads", ("attention",), True, "heads"),
-    _f("head_dim", INT, "", "head dimension d", ("attention",), True, "heads"),
+    _f("heads", INT, "", "attention heads", SWEPT, True, "heads"),
+    _f("head_dim", INT, "", "head dimension d", SWEPT, True, "heads"),
     _f("dtype", TEXT, "", "input dtype", BOTH, True),
     _f("device", TEXT, "", "cpu or cuda", BOTH, True),
     _f("device_name", TEXT, "", "GPU model or CPU model: rows from different machines are never duplicates", BOTH, True),
     _f("mode", TEXT, "", "fwd (no-grad forward) or fwdbwd (forward plus backward)", BOTH, True),
     _f("workload", TEXT, "", "q, k, v generator: gaussian, image, file:PATH", ("attention",), True),
     _f("seed", INT, "", "workload and method seed", BOTH, True),
-    _f("fit", TEXT, "", "learnable state before measuring: none, closed or distill", ("attention",), True, "fit"),
-    _f("fit_cfg", MAPPING, "", "the fitting options that change a fitted row", ("attention",), True, "fit"),
+    _f("fit", TEXT, "", "learnable state before measuring: none, closed or distill", SWEPT, True, "fit"),
+    _f("fit_cfg", MAPPING, "", "the fitting options that change a fitted row", SWEPT, True, "fit"),
     _f("timing_mode", TEXT, "", "eager, or cuda_graph (replays of one captured graph)", ("attention",), True),
     _f("layer", ANY, "", "layer of a captured-model workload (`all` for the whole file); null otherwise",
        ("attention",), True),
     _f("arch", TEXT, "", "model architecture (deit-tiny, deit-small, deit-base)", ("model",), True),
     _f("img", INT, "pixels", "image side", ("model",), True),
     _f("timed", FLAG, "", "whether images per second were measured", ("model",), True),
+    _f("model", TEXT, "", "the pretrained model (minilm, hf:..., timm:...)", ("drift",), True, "drift_model"),
+    _f("revision", TEXT, "", "its weights' revision", ("drift",), True, "drift_model"),
+    _f("inputs", MAPPING, "", "the held-out inputs compared on (text or images, windows)", ("drift",), True),
 ]
 
 _OUTCOME = [
@@ -102,8 +107,9 @@ _OUTCOME = [
        "near-uniform attention, where every approximation looks good"),
     _f("workload_params", MAPPING, "", "the workload's own settings (logit_std, images, file shape, ...)"),
     _f("impl", MAPPING, "", "what actually ran, e.g. `sdpa_backend`, Triton configs, compile time"),
-    _f("fit_info", MAPPING, "", "what fitting did (objective, losses, or why nothing)", group="fit_info"),
-    _f("fit_time_s", NUMBER, "s", "time spent fitting, outside every timed region", group="fit_info"),
+    _f("fit_info", ANY, "", "what fitting did (objective, losses, or why nothing; drift: one per layer)", SWEPT,
+       group="fit_info"),
+    _f("fit_time_s", NUMBER, "s", "time spent fitting, outside every timed region", SWEPT, group="fit_info"),
     _f("err_uniform_rel_fro", NUMBER, "", "error of `uniform` (out = mean of v) on the same inputs",
        group="skill"),
     _f("err_skill", NUMBER, "", "1 − err_rel_fro / err_uniform_rel_fro: 1 exact, 0 no better than averaging v",
@@ -131,6 +137,23 @@ _MODEL = [
     _f("images_per_s", NUMBER, "images/s", "forward throughput at `batch`", ("model",)),
 ]
 
+_DRIFT = [
+    _f("layers", INT, "", "layers whose attention was replaced (all of them)", ("drift",), group="drift"),
+    _f("grid", ANY, "", "token grid given to grid methods, or how they factorise N without one", ("drift",),
+       group="drift"),
+    _f("embedding_cos_mean", NUMBER, "", "mean / min cosine of the pooled embeddings, swapped vs exact model "
+       "(encoders)", ("drift",), group="embedding"),
+    _f("embedding_cos_min", NUMBER, "", "", ("drift",), group="embedding"),
+    _f("hidden_cos_mean", LIST, "", "per layer: mean cosine of the hidden states; the smallest layer mean; the "
+       "smallest single token's", ("drift",), group="hidden"),
+    _f("hidden_cos_min", NUMBER, "", "", ("drift",), group="hidden"),
+    _f("hidden_token_cos_min", NUMBER, "", "", ("drift",), group="hidden"),
+    _f("top1_agreement", NUMBER, "", "ViT classifiers: share of images whose top-1 class is unchanged; mean and "
+       "max KL(exact ‖ swapped) of the logits", ("drift",), group="logits"),
+    _f("logit_kl", NUMBER, "nats", "", ("drift",), group="logits"),
+    _f("logit_kl_max", NUMBER, "nats", "", ("drift",), group="logits"),
+]
+
 _PROVENANCE = [
     _f("run_id", TEXT, "", "the invocation that measured the row (see runs.jsonl)", BOTH, group="provenance"),
     _f("timestamp", TEXT, "", "UTC time the row was measured", BOTH, group="provenance"),
@@ -138,7 +161,7 @@ _PROVENANCE = [
        "flags, NVML driver, clocks and power limit (nulls with `nvml_reason` off-GPU)", BOTH, group="env"),
 ]
 
-FIELDS: tuple[Field, ...] = tuple(_IDENTITY + _OUTCOME + _TELEMETRY + _ROOFLINE + _MODEL + _PROVENANCE)
+FIELDS: tuple[Field, ...] = tuple(_IDENTITY + _OUTCOME + _TELEMETRY + _ROOFLINE + _MODEL + _DRIFT + _PROVENANCE)
 BY_NAME = {f.name: f for f in FIELDS}
 REQUIRED = ("method", "n", "status", "device", "dtype", "mode")
 POSITIVE = ("n", "m", "batch", "heads", "head_dim", "img")
@@ -218,7 +241,7 @@ def markdown_table() -> str:
         kinds = "/".join(sorted({k for f in members for k in f.kinds}))
         units = ", ".join(dict.fromkeys(f.unit for f in members if f.unit)) or "–"
         key = " *Identity.*" if any(f.key for f in members) else ""
-        docs = "; ".join(dict.fromkeys(f.doc for f in members)).replace("|", "\\|")
+        docs = "; ".join(dict.fromkeys(f.doc for f in members if f.doc)).replace("|", "\\|")
         lines.append(f"| {names} | {kinds} | {units} | {docs.rstrip('.')}.{key} |")
     return "\n".join(lines)
 

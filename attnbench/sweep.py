@@ -47,6 +47,7 @@ class SweepConfig:
     fit_steps: int = 200       # distill: Adam steps
     fit_lr: float = 5e-2       # distill: Adam learning rate
     device_name: str | None = None  # GPU or CPU model (identity of a row); None: this machine's
+    layers: tuple[int | str | None, ...] = (None,)  # file: with a layer axis: 0..L-1; without: "all"
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,16 @@ class Point:
     params: dict[str, Any]
     n: int
     m: int | None
+    layer: int | str | None = None
 
 
 def expand_grid(cfg: SweepConfig) -> list[Point]:
-    """Every (method, n, m) point: budgeted methods once per m, the others once per n."""
+    """Every (method, n, m, layer) point: budgeted methods once per m, the others once per n;
+    every point once per layer of the workload (``cfg.layers``)."""
+    return [replace(p, layer=layer) for layer in cfg.layers for p in _expand_methods(cfg)]
+
+
+def _expand_methods(cfg: SweepConfig) -> list[Point]:
     points = []
     for n in cfg.ns:
         for name in cfg.methods:
@@ -79,7 +86,9 @@ def resolve_workload_dims(cfg: SweepConfig) -> tuple[SweepConfig, list[str]]:
         return cfg, []
     dims = file_dims(cfg.workload.partition(":")[2])
     wanted = {"batch": cfg.batch, "heads": cfg.heads, "head_dim": cfg.head_dim, "n": cfg.ns}
-    new = replace(cfg, ns=(dims["n"],), batch=dims["batch"], heads=dims["heads"], head_dim=dims["head_dim"])
+    layers = tuple(range(dims["layers"])) if dims["layers"] is not None else ("all",)
+    new = replace(cfg, ns=(dims["n"],), batch=dims["batch"], heads=dims["heads"], head_dim=dims["head_dim"],
+                  layers=layers)
     changed = [f"{k}={dims[k]}" for k in ("batch", "heads", "n", "head_dim")
                if (wanted[k] != (dims[k],) if k == "n" else wanted[k] != dims[k])]
     notes = [f"{cfg.workload}: the file defines {', '.join(changed)}; the sweep uses them"] if changed else []
@@ -101,7 +110,7 @@ def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = 
     cfg, notes = resolve_workload_dims(cfg)
     if cfg.fit != "none" and cfg.workload.startswith("file:"):   # fail early: no fitting split
         make_workload(cfg.workload, cfg.batch, cfg.heads, cfg.ns[0], cfg.head_dim, dtype=torch.float32,
-                      device="cpu", seed=cfg.seed, split="fit")
+                      device="cpu", seed=cfg.seed, split="fit", layer=_layer_arg(cfg.layers[0]))
     cfg = replace(cfg, device_name=device_label(cfg.device))
     done = measured_keys(cfg.out)
     summary = SweepSummary(out=cfg.out, notes=notes)
@@ -114,9 +123,9 @@ def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = 
     summary.skipped_existing = len(points) - len(todo)
     writer = RowWriter(cfg.out / "rows.jsonl")
     bar = _progress(len(todo), progress)
-    for n in sorted({p.n for p in todo}):
+    for n, layer in sorted({(p.n, p.layer) for p in todo}, key=lambda nl: (nl[0], str(nl[1]).zfill(6))):
         wl = make_workload(cfg.workload, cfg.batch, cfg.heads, n, cfg.head_dim,
-                           dtype=DTYPES[cfg.dtype], device=cfg.device, seed=cfg.seed)
+                           dtype=DTYPES[cfg.dtype], device=cfg.device, seed=cfg.seed, layer=_layer_arg(layer))
         cache: list[ExactReference] = []
 
         def ref() -> ExactReference:
@@ -126,9 +135,10 @@ def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = 
 
         extra = point_data(cfg, wl, n, ref)
 
-        for p in (p for p in todo if p.n == n):
+        for p in (p for p in todo if p.n == n and p.layer == layer):
             if bar is not None:
-                bar.set_description(f"{p.method} n={p.n}" + (f" m={p.m}" if p.m is not None else ""))
+                bar.set_description(f"{p.method} n={p.n}" + (f" m={p.m}" if p.m is not None else "")
+                                    + (f" layer={p.layer}" if isinstance(p.layer, int) else ""))
             row = measure_point(cfg, p, wl, ref, extra)
             row.update(roofline_columns(row, registry.get_info(p.method).uses_query, env["roofline"]))
             row.update(run_id=run_id, env=env,
@@ -145,6 +155,11 @@ def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = 
     if bar is not None:
         bar.close()
     return summary
+
+
+def _layer_arg(layer: int | str | None) -> int | None:
+    """The ``make_workload(layer=...)`` value of a point's layer ("all" and None: no layer axis)."""
+    return layer if isinstance(layer, int) else None
 
 
 def _record_invocation(cfg: SweepConfig, run_id: str, argv: list[str] | None, env: dict[str, Any]) -> None:

@@ -9,7 +9,9 @@ row stores the resulting structure (mean row entropy of exact attention / log N)
 projections (see ``image``); the 'eval' and 'fit' splits show different photographs.
 
 ``file:PATH``: the user's own q, k, v from a .safetensors or .pt file; the file defines
-B, heads, N and head_dim (see ``file``).
+B, heads, N and head_dim (see ``file``). A file may carry a leading layer axis, q shaped
+(L, B, heads, N, head_dim) as ``bench.py capture`` writes it: ``make_workload(layer=i)`` then
+gives layer i (the sweep measures every layer as its own row).
 
 Every workload has a 'fit' split for fitting learnable state (``make_workload(split=...)``).
 """
@@ -71,12 +73,13 @@ FIT_SEED_OFFSET = 1_000_003
 
 
 def make_workload(spec: str, batch: int, heads: int, n: int, head_dim: int, *, dtype: torch.dtype,
-                  device: str, seed: int = 0, split: str = "eval") -> Workload:
+                  device: str, seed: int = 0, split: str = "eval", layer: int | None = None) -> Workload:
     """Build workload ``spec`` ("name" or "name:arg") on CPU with ``seed``, then move it.
 
     ``split='fit'`` gives the data that fitting uses, never the data the error is measured on:
     workloads taking a ``split`` argument choose it themselves (image: other photographs; file:
     the q_fit, k_fit, v_fit tensors); the others get the seed ``seed + FIT_SEED_OFFSET``.
+    ``layer`` picks one layer of a workload with a layer axis (``file:`` with 5-D tensors).
     """
     name, _, arg = spec.partition(":")
     if name not in _WORKLOADS:
@@ -88,6 +91,10 @@ def make_workload(spec: str, batch: int, heads: int, n: int, head_dim: int, *, d
     if arg and "path" not in accepted:
         raise WorkloadError(f"workload {name!r} takes no ':' argument, got {spec!r}")
     kwargs: dict[str, Any] = {"path": arg} if arg else {}
+    if layer is not None:
+        if "layer" not in accepted:
+            raise WorkloadError(f"workload {name!r} has no layer axis, got layer={layer!r}")
+        kwargs["layer"] = layer
     if "split" in accepted:
         kwargs["split"] = split
     elif split == "fit":
@@ -224,7 +231,8 @@ def _read_tensor_dict(path: str) -> dict[str, Any]:
 
 
 def _check_qkv(path: str, data: dict[str, Any], keys: tuple[str, str, str]) -> tuple[torch.Tensor, ...]:
-    """Validate three same-shaped finite floating 4-D tensors; one-line WorkloadError otherwise."""
+    """Validate three same-shaped finite floating tensors, 4-D (B, heads, N, head_dim) or with a
+    layer axis 5-D (L, B, heads, N, head_dim); one-line WorkloadError otherwise."""
     for key in keys:
         if key not in data:
             raise WorkloadError(f"workload file {path!r} has no tensor {key!r} "
@@ -232,9 +240,9 @@ def _check_qkv(path: str, data: dict[str, Any], keys: tuple[str, str, str]) -> t
         t = data[key]
         if not isinstance(t, torch.Tensor):
             raise WorkloadError(f"workload file {path!r}: {key!r} is a {type(t).__name__}, not a tensor")
-        if t.dim() != 4 or 0 in t.shape:
-            raise WorkloadError(f"workload file {path!r}: {key!r} has shape {tuple(t.shape)}; "
-                                "expected 4-D non-empty (B, heads, N, head_dim)")
+        if t.dim() not in (4, 5) or 0 in t.shape:
+            raise WorkloadError(f"workload file {path!r}: {key!r} has shape {tuple(t.shape)}; expected "
+                                "non-empty (B, heads, N, head_dim) or (layers, B, heads, N, head_dim)")
         if not t.is_floating_point():
             raise WorkloadError(f"workload file {path!r}: {key!r} has dtype {str(t.dtype).replace('torch.', '')}; "
                                 "expected a floating-point dtype")
@@ -263,33 +271,73 @@ def _file_grid(path: str, data: dict[str, Any], n: int) -> tuple[int, int]:
     return int(values[0]), int(values[1])
 
 
-def file_dims(path: str) -> dict[str, int]:
-    """batch, heads, n, head_dim of the file's evaluation tensors (the file defines them)."""
+def file_dims(path: str) -> dict[str, Any]:
+    """batch, heads, n, head_dim of the file's evaluation tensors (the file defines them), and
+    ``layers``: the number of layers of a file with a layer axis, else None."""
     q, _, _ = _check_qkv(path, _read_tensor_dict(path), ("q", "k", "v"))
-    b, h, n, d = q.shape
-    return {"batch": b, "heads": h, "n": n, "head_dim": d}
+    b, h, n, d = q.shape[-4:]
+    return {"batch": b, "heads": h, "n": n, "head_dim": d, "layers": q.shape[0] if q.dim() == 5 else None}
+
+
+def _pick_layer(path: str, tensors: tuple[torch.Tensor, ...], layer: int | None) -> tuple[torch.Tensor, ...]:
+    """The (B, heads, N, head_dim) tensors of one layer; 4-D tensors take no layer."""
+    if tensors[0].dim() == 4:
+        if layer is not None:
+            raise WorkloadError(f"workload file {path!r} has no layer axis, got layer={layer}")
+        return tensors
+    if layer is None or not 0 <= layer < tensors[0].shape[0]:
+        raise WorkloadError(f"workload file {path!r} has {tensors[0].shape[0]} layers; "
+                            f"pick one with layer=0..{tensors[0].shape[0] - 1}, got {layer}")
+    return tuple(t[layer] for t in tensors)
+
+
+def _capture_meta(path: str) -> dict[str, Any] | None:
+    """The JSON metadata ``bench.py capture`` stores in a .safetensors header, if any."""
+    if not path.endswith(".safetensors"):
+        return None
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        meta = fh.metadata() or {}
+    try:
+        value = json.loads(meta["attnbench.capture"]) if "attnbench.capture" in meta else None
+    except json.JSONDecodeError:
+        return None                       # someone else's header: the tensors are still usable
+    return value if isinstance(value, dict) else None
 
 
 @register_workload("file")
 def file(batch: int, heads: int, n: int, head_dim: int, *, seed: int = 0, path: str = "",
-         split: str = "eval") -> Workload:
+         split: str = "eval", layer: int | None = None) -> Workload:
     """q, k, v (and optional grid) from a .safetensors or .pt file; shapes come from the file.
 
     The 'fit' split reads q_fit, k_fit, v_fit (any batch, same heads, N and head_dim), so
     fitting never sees the evaluation tensors; a file without them cannot be fitted on.
+    With a layer axis (5-D tensors) ``layer`` picks the layer, for both splits.
     The requested batch/heads/n/head_dim are ignored: the sweep takes them from the file.
     """
     data = _read_tensor_dict(path)
-    q, k, v = _check_qkv(path, data, ("q", "k", "v"))
+    q, k, v = _pick_layer(path, _check_qkv(path, data, ("q", "k", "v")), layer)
     grid = _file_grid(path, data, q.shape[2])
     if split == "fit":
         keys = ("q_fit", "k_fit", "v_fit")
         if not all(key in data for key in keys):
             raise WorkloadError(f"workload file {path!r} has no q_fit, k_fit, v_fit tensors; "
                                 "--fit closed|distill needs a fitting split the error is not measured on")
-        q_f, k_f, v_f = _check_qkv(path, data, keys)
+        fit = _check_qkv(path, data, keys)
+        if fit[0].dim() != data["q"].dim():
+            raise WorkloadError(f"workload file {path!r}: q_fit has {fit[0].dim()} dimensions and q "
+                                f"{data['q'].dim()}; both need the layer axis or neither")
+        q_f, k_f, v_f = _pick_layer(path, fit, layer)
         if q_f.shape[1:] != q.shape[1:]:
             raise WorkloadError(f"workload file {path!r}: q_fit has shape {tuple(q_f.shape)}; "
                                 f"heads, N and head_dim must match q's {tuple(q.shape)}")
         q, k, v = q_f, k_f, v_f
-    return Workload("file", q, k, v, grid, {"path": path, "split": split, "shape": list(q.shape)})
+    params = {"path": path, "split": split, "shape": list(q.shape), "layer": layer, "grid": list(grid),
+              "grid_source": "file" if "grid" in data else "near-square factorisation of N"}
+    meta = _capture_meta(path)
+    if meta is not None:
+        params["capture"] = {key: meta.get(key) for key in ("model", "revision", "kind", "token_grid")}
+    return Workload("file", q, k, v, grid, params)
