@@ -25,7 +25,7 @@ from attnbench.measure.telemetry import null_telemetry
 from attnbench.measure.timing import TimingConfig, timing_config_dict
 from attnbench.results import RowsFileError, read_rows
 from attnbench.point import measure_point, point_data
-from attnbench.spec import DTYPES
+from attnbench.spec import DTYPES, param_variants
 from attnbench.workloads import file_dims, make_workload
 
 KEY_FIELDS = ("method", "params", "n", "m", "batch", "heads", "head_dim", "dtype", "device",
@@ -71,9 +71,10 @@ def expand_grid(cfg: SweepConfig) -> list[Point]:
         for name in cfg.methods:
             info = registry.get_info(name)
             user = {k: v for k, v in cfg.params.get(name, {}).items() if k != info.budget}
-            params = {k: v for k, v in {**info.defaults, **user}.items() if k != info.budget}
             budgets = cfg.ms if info.budget else (None,)
-            points += [Point(name, params, n, m) for m in budgets]
+            for variant in param_variants(user):  # a comma list in --param: one series per value
+                params = {k: v for k, v in {**info.defaults, **variant}.items() if k != info.budget}
+                points += [Point(name, params, n, m) for m in budgets]
     return points
 
 
