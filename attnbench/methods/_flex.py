@@ -117,7 +117,7 @@ def expand_stats(stats: BlockStats, factor: int) -> BlockStats:
     return BlockStats(stats.block_density, stats.pair_density, stats.macs_blocks * factor, stats.macs_pairs * factor)
 
 
-def eager_flex(q, k, v, block_mask=None, score_mod=None):
+def eager_flex(q, k, v, block_mask=None, score_mod=None, scale=None):
     """flex_attention without torch.compile (the unfused path: full score matrix), warning silenced."""
     import warnings
 
@@ -125,7 +125,7 @@ def eager_flex(q, k, v, block_mask=None, score_mod=None):
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=None)
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
 
 class CompileError(RuntimeError):
@@ -142,9 +142,10 @@ class FlexMixin:
     compile_time_s: float | None = None
 
     def attend(self, q, k, v, block_mask=None, score_mod=None) -> torch.Tensor:
+        """flex_attention with the reference's logit scale (compiled once ``bench_fn`` has run)."""
         if self.compiled is not None:
-            return self.compiled(q, k, v, score_mod=score_mod, block_mask=block_mask)
-        return eager_flex(q, k, v, block_mask=block_mask, score_mod=score_mod)
+            return self.compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=self.scale)
+        return eager_flex(q, k, v, block_mask=block_mask, score_mod=score_mod, scale=self.scale)
 
     def compile_flex(self, run_once: Callable[[], torch.Tensor]) -> None:
         """Compile flex_attention (inductor, static shapes) and time the first call through it."""
@@ -177,5 +178,7 @@ class FlexMixin:
         raise NotImplementedError
 
     def backend_info(self, q, k, v, grid=None) -> dict[str, Any]:
+        """The row's ``impl``; an input-dependent pattern also gives ``macs_analytic`` (its computed
+        blocks on this input), which replaces the row's count."""
         return {"kernel": "flex_attention", "compiled": self.compiled is not None,
                 "compile_time_s": self.compile_time_s, **self.flex_impl(q, k, v, grid)}
