@@ -23,10 +23,6 @@ class NeighborhoodFlex(FlexMixin, NeighborhoodAttention):
     def availability() -> str | None:
         return flex_reason()
 
-    def __init__(self, heads: int, head_dim: int, kernel: int = 7):
-        super().__init__(heads, head_dim, kernel=kernel)
-        self._cache: dict = {}
-
     def _mask_mod(self, h: int, w: int, device):
         kh, kw = min(self.kernel, h), min(self.kernel, w)
         rows, cols = window_starts(h, kh).to(device), window_starts(w, kw).to(device)
@@ -37,9 +33,13 @@ class NeighborhoodFlex(FlexMixin, NeighborhoodAttention):
             return (kr >= r0) & (kr < r0 + kh) & (kc >= c0) & (kc < c0 + kw)
         return mask_mod
 
+    @property
+    def _cache(self) -> dict:
+        return self.__dict__.setdefault("_flex_cache", {})
+
     def _blocks(self, h: int, w: int):
         """(partial, full) block maps (1, 1, nq, nk) and BlockStats per (batch, head)."""
-        key = ("blocks", h, w)
+        key = ("blocks", h, w, self.kernel)
         if key not in self._cache:
             mask = neighbour_mask(h, w, self.kernel)
             partial, full = block_kinds(mask[None, None])
@@ -48,7 +48,7 @@ class NeighborhoodFlex(FlexMixin, NeighborhoodAttention):
 
     def _pattern(self, n: int, grid, device):
         h, w = checked_grid(n, grid)
-        key = ("mask", h, w, device)
+        key = ("mask", h, w, self.kernel, device)
         if key not in self._cache:
             partial, full, _ = self._blocks(h, w)
             self._cache[key] = make_block_mask(partial.to(device), full.to(device), self._mask_mod(h, w, device), n, n)

@@ -55,10 +55,14 @@ class WindowFlex(FlexMixin, WindowAttention):
     def availability() -> str | None:
         return flex_reason()
 
+    @property
+    def _flex_cache(self) -> dict:
+        return self.__dict__.setdefault("_flex_state", {})
+
     def _pattern(self, g: WindowGeometry, device):
         """(BlockMask, BlockStats per (batch, head)), cached per geometry and device."""
         key = ("flex", g, device)
-        if key not in self._masks:
+        if key not in self._flex_cache:
             allowed = slot_mask(g).to(device)                      # (nW, T, T)
             t = g.tokens
 
@@ -68,17 +72,17 @@ class WindowFlex(FlexMixin, WindowAttention):
 
             partial, full, stats = self._blocks(g)
             length = g.n_windows * t
-            self._masks[key] = make_block_mask(partial.to(device), full.to(device), mask_mod, length, length)
-        return self._masks[key], self._blocks(g)[2]
+            self._flex_cache[key] = make_block_mask(partial.to(device), full.to(device), mask_mod, length, length)
+        return self._flex_cache[key], self._blocks(g)[2]
 
     def _blocks(self, g: WindowGeometry):
         """(partial, full) block maps (1, 1, nq, nk) of the slot sequence and their BlockStats."""
         key = ("flex-blocks", g)
-        if key not in self._masks:
+        if key not in self._flex_cache:
             length = g.n_windows * g.tokens
             partial, full = block_kinds(sequence_mask(g)[None, None])
-            self._masks[key] = (partial, full, block_stats(partial, full, needed_pairs(g), g.h * g.w, length, length))
-        return self._masks[key]
+            self._flex_cache[key] = (partial, full, block_stats(partial, full, needed_pairs(g), g.h * g.w, length, length))
+        return self._flex_cache[key]
 
     def _score_mod(self, g: WindowGeometry, device):
         if self.bias_table is None:
