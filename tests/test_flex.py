@@ -198,3 +198,12 @@ def test_sdpa_probe_runs_once_per_combination(monkeypatch):
 def test_unknown_sdpa_backend_is_refused():
     with pytest.raises(ValueError, match="backend"):
         attnbench.create("vanilla-sdpa", heads=2, head_dim=16, backend="fastest")
+
+
+def test_flex_fwdbwd_on_cpu_is_refused_in_one_sentence(qkv_factory):
+    from attnbench.methods._flex import CPU_INFERENCE_ONLY
+
+    q, k, v = (t.requires_grad_(True) for t in qkv_factory(1, 2, 64, 16))
+    with pytest.raises(NotImplementedError, match="inference only"):
+        attnbench.create("vanilla-flex", heads=2, head_dim=16).bench_fn(q, k, v)
+    assert "\n" not in CPU_INFERENCE_ONLY

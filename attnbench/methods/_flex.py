@@ -15,7 +15,9 @@ Both densities are counted here from the mask, never taken from ``BlockMask.spar
 Eager flex_attention (no torch.compile) materialises the full score matrix: it is the tested
 path at small N. ``FlexMixin.bench_fn`` compiles (inductor, ``dynamic=False``) before returning
 the timed closure, so compilation never sits inside a timed call; its duration goes to
-``impl.compile_time_s`` and later calls of ``forward`` use the compiled kernel.
+``impl.compile_time_s`` and later calls of ``forward`` use the compiled kernel. Compiled flex on CPU
+is inference only in torch 2.13 (inductor's CPU template has no backward): fwdbwd rows on CPU are
+error rows saying so; a CPU inductor refuses (no AVX2) makes the rows unsupported.
 """
 from __future__ import annotations
 
@@ -128,6 +130,22 @@ def eager_flex(q, k, v, block_mask=None, score_mod=None, scale=None):
         return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
 
+CPU_INFERENCE_ONLY = ("compiled FlexAttention on CPU is inference only in this torch (inductor's CPU template "
+                      "has no backward); fwdbwd rows need CUDA")
+
+
+def cpu_compile_reason() -> str | None:
+    """None when inductor can compile flex_attention on this CPU, else its requirement as a sentence."""
+    try:
+        from torch._inductor.kernel.flex.flex_cpu import check_cpu_supported
+    except Exception:  # a torch without that module: let compilation itself say what fails
+        return None
+    if check_cpu_supported():
+        return None
+    return ("compiled FlexAttention on CPU needs AVX2 (and ATEN_CPU_CAPABILITY other than 'default'), "
+            "no XPU and not macOS; inductor refuses this machine")
+
+
 class CompileError(RuntimeError):
     """torch.compile of flex_attention failed for this method and shape."""
 
@@ -163,10 +181,16 @@ class FlexMixin:
                                f"{text[0][:300] if text else ''}") from exc
         self.compile_time_s = time.perf_counter() - t0
 
+    def extra_unsupported_reason(self, device, dtype, n, head_dim):
+        reason = super().extra_unsupported_reason(device, dtype, n, head_dim)
+        return reason or (cpu_compile_reason() if device == "cpu" else None)
+
     def bench_fn(self, q, k, v, grid=None):
         """Compiles (outside the timed call), then returns the zero-argument forward."""
         self.prepare(q.shape[0], q.shape[-2], grid, q.device)
         grad = q.requires_grad or k.requires_grad or v.requires_grad
+        if grad and q.device.type == "cpu":
+            raise NotImplementedError(CPU_INFERENCE_ONLY)
         with torch.set_grad_enabled(grad):
             self.compile_flex(lambda: self(q, k, v, grid=grid))
         return lambda: self(q, k, v, grid=grid)
