@@ -17,7 +17,7 @@ path at small N. ``FlexMixin.bench_fn`` compiles (inductor, ``dynamic=False``) b
 the timed closure, so compilation never sits inside a timed call; its duration goes to
 ``impl.compile_time_s`` and later calls of ``forward`` use the compiled kernel. Compiled flex on CPU
 is inference only in torch 2.13 (inductor's CPU template has no backward): fwdbwd rows on CPU are
-error rows saying so; a CPU inductor refuses (no AVX2) makes the rows unsupported.
+error rows saying so; a CPU that inductor refuses (no AVX2) makes the rows unsupported.
 """
 from __future__ import annotations
 
