@@ -1,8 +1,9 @@
 """``biformer-flex``: BiFormer bi-level routing (attnbench.methods.biformer) through FlexAttention.
 
-Same parameters and routing as ``biformer`` (region means, q̄ k̄ᵀ summed over heads, top-k), in
-the original token order: the mask_mod looks up "key's region is routed from the query's region"
-in a (B, R, R) boolean table. The routing depends on the input, so inside every timed call it is
+Same parameters and routing as ``biformer`` (region means, q̄ k̄ᵀ summed over heads, top-k). The
+tokens are gathered region by region (the reference's slot layout without its padding slots), so
+each region is a run of consecutive positions, and scattered back after attention; the mask_mod
+looks up "key's region is routed from the query's region" in a (B, R, R) boolean table. The routing depends on the input, so inside every timed call it is
 computed, written into that table, and turned into a BlockMask (shared by the heads) from
 per-block region counts: a block pair's allowed-pair count is C_q A C_kᵀ, with C the tokens of
 each region in each block and A the routed table, so nothing N × N is formed.
@@ -53,14 +54,15 @@ class BiFormerFlex(FlexMixin, BiFormerAttention):
         key = (batch, n, grid_checked(n, grid), device)
         if key not in cache:
             _, idx, valid = self.layout(n, grid, device)
-            reg = token_regions(idx, valid, n)
+            order = idx[valid]                                     # (N,) tokens region by region
+            reg = token_regions(idx, valid, n)[order]              # (N,) non-decreasing
             routed = torch.zeros(batch, idx.shape[0], idx.shape[0], dtype=torch.bool, device=device)
 
             def mask_mod(b, h, q_idx, kv_idx):
                 return routed[b, reg[q_idx], reg[kv_idx]]
 
             sizes = valid.sum(-1).float()                          # (R,)
-            cache[key] = (idx, valid, block_region_counts(reg, idx.shape[0]), routed, mask_mod, sizes)
+            cache[key] = (idx, valid, order, block_region_counts(reg, idx.shape[0]), routed, mask_mod, sizes)
         return cache[key]
 
     def prepare(self, batch, n, grid, device):
@@ -75,12 +77,14 @@ class BiFormerFlex(FlexMixin, BiFormerAttention):
 
     def forward(self, q, k, v, grid=None):
         b, n = q.shape[0], q.shape[-2]
-        idx, valid, counts, routed, mask_mod, sizes = self._tables(b, n, grid, q.device)
+        idx, valid, order, counts, routed, mask_mod, sizes = self._tables(b, n, grid, q.device)
         routed.copy_(self.routed_table(q, k, idx, valid))
         pairs = counts @ routed.to(counts.dtype) @ counts.transpose(0, 1)   # (B, nq, nk) allowed pairs
         partial, full = block_kinds_from_counts(pairs[:, None], n, n)      # (B, 1, nq, nk)
         self._last = (partial, full, routed, sizes, n)   # counted later, outside the timed call
-        return self.attend(q, k, v, block_mask=make_block_mask(partial, full, mask_mod, n, n))
+        seq = [x[..., order, :] for x in (q, k, v)]                         # (B, H, N, d) region order
+        o = self.attend(*seq, block_mask=make_block_mask(partial, full, mask_mod, n, n))
+        return torch.empty_like(o).index_copy_(-2, order, o)               # (B, H, N, d) token order
 
     def last_stats(self) -> BlockStats:
         """Block and pair counts of the last call, over batch and heads."""
