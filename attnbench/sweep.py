@@ -65,7 +65,8 @@ class Point:
 
 
 def expand_grid(cfg: SweepConfig) -> list[Point]:
-    """Every (method, n, m) point: budgeted methods once per m, the others once per n."""
+    """Every (method, params, n, m) point: budgeted methods once per m, the others once per n, and
+    once per combination of the comma-list values given in --param."""
     points = []
     for n in cfg.ns:
         for name in cfg.methods:
