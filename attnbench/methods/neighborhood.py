@@ -86,6 +86,10 @@ class NeighborhoodAttention(AttentionMethod):
         self._run(q, k, v, grid, probs)
         return probs
 
+    def backend_info(self, q, k, v, grid=None):
+        """Only needed pairs are computed: their MACs are the row's (for kernel efficiency)."""
+        return {"macs_needed_pairs": self.macs(q.shape[0], q.shape[-2], grid)}
+
     def macs(self, batch, n, grid=None):
         h, w = checked_grid(n, grid)
         return 2 * batch * self.heads * n * min(self.kernel, h) * min(self.kernel, w) * self.head_dim
