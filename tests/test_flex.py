@@ -114,6 +114,8 @@ def test_neighborhood_flex_densities_match_brute_force():
               for a in range(nb) for c in range(nb))
     assert impl["block_density"] == pytest.approx(hit / nb ** 2)
     assert impl["macs_needed_pairs"] == 2 * 8 * 2 * n * kernel * kernel
+    ref = attnbench.create("neighborhood", heads=2, head_dim=8, kernel=kernel)
+    assert ref.backend_info(torch.zeros(1, 2, n, 8), None, None, grid)["macs_needed_pairs"] == impl["macs_needed_pairs"]
 
 
 @pytest.mark.parametrize("grid,params", [((14, 14), dict()), ((10, 13), dict(regions=3, topk=2)),
