@@ -92,15 +92,27 @@ def parse_value(text: str) -> Any:
 
 
 def parse_params(items: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """['anchor.shared=true'] -> {'anchor': {'shared': True}}."""
+    """['anchor.shared=true'] -> {'anchor': {'shared': True}}; a comma list is a list of variants:
+    'vanilla-sdpa.backend=flash,math' -> {'vanilla-sdpa': {'backend': ['flash', 'math']}}."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         head, eq, value = item.partition("=")
         method, dot, key = head.rpartition(".")
         if not eq or not dot or not method or not key:
             raise SpecError(f"--param {item!r} is malformed: expected METHOD.KEY=VALUE")
-        out.setdefault(method, {})[key] = parse_value(value)
+        variants = [parse_value(v.strip()) for v in value.split(",")] if "," in value else None
+        if variants is not None and "" in variants:
+            raise SpecError(f"--param {item!r} has an empty value in its comma list")
+        out.setdefault(method, {})[key] = variants if variants is not None else parse_value(value)
     return out
+
+
+def param_variants(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the list-valued entries (from comma lists); [params] when there are none."""
+    combos: list[dict[str, Any]] = [{}]
+    for key, value in params.items():
+        combos = [{**c, key: v} for c in combos for v in (value if isinstance(value, list) else [value])]
+    return combos
 
 
 def positive(name: str, value: float) -> float:

@@ -21,7 +21,7 @@ from attnbench.measure.roofline import device_peaks, roofline_columns
 from attnbench.measure.timing import TimingConfig, timing_config_dict
 from attnbench.results import RowWriter, measured_keys
 from attnbench.point import base_row, fit_settings, measure_point, point_data  # noqa: F401  (re-exported)
-from attnbench.spec import DTYPES
+from attnbench.spec import DTYPES, param_variants
 from attnbench.workloads import file_dims, make_workload
 
 @dataclass(frozen=True)
@@ -60,8 +60,9 @@ class Point:
 
 
 def expand_grid(cfg: SweepConfig) -> list[Point]:
-    """Every (method, n, m, layer) point: budgeted methods once per m, the others once per n;
-    every point once per layer of the workload (``cfg.layers``)."""
+    """Every (method, params, n, m, layer) point: budgeted methods once per m, the others once per n,
+    once per combination of the comma-list values given in --param, and once per layer of the
+    workload (``cfg.layers``)."""
     return [replace(p, layer=layer) for layer in cfg.layers for p in _expand_methods(cfg)]
 
 
@@ -71,9 +72,10 @@ def _expand_methods(cfg: SweepConfig) -> list[Point]:
         for name in cfg.methods:
             info = registry.get_info(name)
             user = {k: v for k, v in cfg.params.get(name, {}).items() if k != info.budget}
-            params = {k: v for k, v in {**info.defaults, **user}.items() if k != info.budget}
             budgets = cfg.ms if info.budget else (None,)
-            points += [Point(name, params, n, m) for m in budgets]
+            for variant in param_variants(user):  # a comma list in --param: one series per value
+                params = {k: v for k, v in {**info.defaults, **variant}.items() if k != info.budget}
+                points += [Point(name, params, n, m) for m in budgets]
     return points
 
 

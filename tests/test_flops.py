@@ -14,7 +14,9 @@ def _budgeted_kwargs(info, n):
 
 
 def _cpu_methods():
-    return [m for m in attnbench.list_methods("cpu") if m["available"]]
+    # FlexAttention members are left out: the counters see the unfused path's full score matrix
+    # (or cannot trace the higher-order op); their block-mask MAC counts are tested in test_flex.py.
+    return [m for m in attnbench.list_methods("cpu") if m["available"] and not m["name"].endswith("-flex")]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-H{}-N{}-D{}".format(*s))

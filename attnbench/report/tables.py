@@ -15,7 +15,7 @@ from attnbench.report.stats import crossover, fit_exponent, mac_range
 
 REFERENCE = "vanilla-sdpa"
 NAMED_OPTIONAL = ("err_skill", "attn_kl_mean", "attn_tv_mean", "fit_time_s", "energy_j_per_call",
-                  "achieved_gbps", "achieved_tflops")
+                  "achieved_gbps", "achieved_tflops", "kernel_efficiency")
 TELEMETRY = re.compile(r"^(gpu_.*|.*_(w|mhz|watts|clock))$")
 BASE_COLUMNS = ("latency_ms", "latency_p20_ms", "latency_p80_ms", "peak_mem_mib", "macs_analytic",
                 "macs_fvcore", "macs_torch", "err_rel_fro", "err_cos_mean")
@@ -36,7 +36,36 @@ def add_series(df: pd.DataFrame) -> pd.DataFrame:
 def ok_attention(df: pd.DataFrame) -> pd.DataFrame:
     """ok attention rows with derived columns (duplicates were dropped by identity on loading)."""
     ok = derive(add_series(df[(df["kind"] == "attention") & (df["status"] == "ok")]))
+    ok = ok.assign(kernel_efficiency=kernel_efficiency(ok))
     return ok.sort_values(list(GROUP_FIELDS) + ["series", "n"], key=_sort_key, kind="stable")
+
+
+def _impl(row_impl, key):
+    return row_impl.get(key) if isinstance(row_impl, dict) else None
+
+
+def kernel_efficiency(ok: pd.DataFrame) -> pd.Series:
+    """Per CUDA row with a sparse pattern (``impl.macs_needed_pairs``): its TFLOP/s counting only the
+    needed pairs, over the TFLOP/s of ``vanilla-sdpa`` backend=flash at the same n in the same group
+    (run folder, device, dtype, mode, batch, shape, workload). NaN where either is missing."""
+    out = pd.Series(float("nan"), index=ok.index)
+    if ok.empty:
+        return out
+    impl = ok["impl"] if "impl" in ok else pd.Series([None] * len(ok), index=ok.index)
+    needed = pd.to_numeric(pd.Series([_impl(i, "macs_needed_pairs") for i in impl], index=ok.index), errors="coerce")
+    latency = pd.to_numeric(ok["latency_ms"], errors="coerce")
+    flash = (ok["method"] == REFERENCE) & pd.Series([isinstance(p, dict) and p.get("backend") == "flash"
+                                                    for p in ok["params"]], index=ok.index)
+    keys = [tuple(r) for r in ok[list(GROUP_FIELDS) + ["n"]].astype(str).itertuples(index=False)]
+    ref_rate = {}
+    for key, is_flash, macs, lat in zip(keys, flash, pd.to_numeric(ok["macs_analytic"], errors="coerce"), latency):
+        if is_flash and lat > 0:
+            ref_rate[key] = macs / lat
+    cuda = ok["device"].astype(str).str.startswith("cuda") if "device" in ok else pd.Series(False, index=ok.index)
+    for i, key, use in zip(ok.index, keys, cuda & needed.notna()):
+        if use and key in ref_rate and latency[i] > 0:
+            out[i] = (needed[i] / latency[i]) / ref_rate[key]
+    return out
 
 
 def _sort_key(col: pd.Series) -> pd.Series:
