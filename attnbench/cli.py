@@ -330,6 +330,42 @@ def check_cmd(baseline_path, tolerance, methods_spec, update, device, repeats, n
         raise click.exceptions.Exit(code)
 
 
+@cli.command("kernels")
+@click.option("--arch", "archs", default="sm_80,sm_90", show_default=True, help="Targets: sm_80, sm_90, sm_100 (comma list).")
+@click.option("--dtype", default=None, help="float32|float16|bfloat16, comma list (default: bfloat16; with --all: all three).")
+@click.option("--all", "everything", is_flag=True, help="Every shape (m 10,30,100 x head_dim 32,64,128) and dtype.")
+@click.option("--pruned", is_flag=True, help="Also compile the configurations the prune function drops (kept = no).")
+@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "csv"]))
+@click.option("--kernels", "names", default=None, help="Comma list of kernel names (default: all declared).")
+@click.option("--module", "modules", multiple=True, help="Extra kernel module or .py file declaring AOT_KERNELS (repeatable).")
+@click.option("--jobs", default=2, show_default=True, type=click.IntRange(1, 64), help="Compiler processes.")
+@click.option("--out", default=None, help="Also write the table to this file.")
+def kernels_cmd(archs, dtype, everything, pruned, fmt, names, modules, jobs, out) -> None:
+    """Compile every Triton kernel ahead of time: registers, spills, shared memory, occupancy,
+    tensor cores (exit 1 when a kept configuration fails, spills or exceeds shared memory)."""
+    from attnbench.kernels import audit
+
+    try:
+        arch_list, dtypes, shapes = audit.selection(archs, dtype, everything)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    mods = audit.kernel_modules() + list(modules)
+    try:
+        rows = audit.audit(arch_list, dtypes, shapes, mods, names.split(",") if names else None, pruned, jobs)
+    except RuntimeError as exc:
+        raise BadInput(str(exc)) from None
+    text = audit.markdown(rows) if fmt == "md" else audit.csv_text(rows)
+    click.echo(text)
+    if out:
+        Path(out).write_text(text + "\n")
+    found = audit.problems(rows)
+    for line in found:
+        click.echo(f"problem: {line}", err=True)
+    click.echo(f"{len(rows)} compiles, {len(found)} problems", err=True)
+    if found:
+        raise click.exceptions.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input becomes one stderr line and exit status 2."""
     try:

@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attnbench.kernels.aot import KernelSpec
+
 _INTERPRET = bool(triton.knobs.runtime.interpret)
 SPLIT_ALIGN = 128  # token ranges per program are multiples of this (>= every BLOCK_N)
 LOG2E = 1.4426950408889634
@@ -61,6 +63,7 @@ PASS1_CONFIGS = _configs((2, 3))
 PASS2_CONFIGS = _configs((2, 3))
 BWD_CONFIGS = _configs((2, 3))
 TUNE_KEY = ["M_PAD", "D_PAD", "N_BUCKET"]
+REDUCE_LAUNCH = (8, 3)  # (num_warps, num_stages) of the one-program-a-head reduction
 
 
 @triton.jit
@@ -296,7 +299,8 @@ def reduce_over_tokens(k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, scale:
         _n_bucket(n), M_PAD=m_pad, D_PAD=d_pad, ATOMIC=not deterministic, PRECISION=_precision(k.dtype))
     m2 = torch.empty((bh, m_pad, d_pad), dtype=torch.float32, device=k.device)
     s = torch.empty((bh, m_pad), dtype=torch.float32, device=k.device)
-    _anchor_reduce[(bh,)](part, psum, m2, s, slots, M_PAD=m_pad, D_PAD=d_pad, num_warps=8)
+    _anchor_reduce[(bh,)](part, psum, m2, s, slots, M_PAD=m_pad, D_PAD=d_pad,
+                         num_warps=REDUCE_LAUNCH[0], num_stages=REDUCE_LAUNCH[1])
     return m2, s
 
 
@@ -375,3 +379,28 @@ def tuned_configs() -> dict[str, str | None]:
     return {"pass1": show(_anchor_pass1), "pass2": show(_anchor_pass2), "backward": show(_anchor_bwd)}
 
 
+
+
+def _aot_spec(name: str, kernel, io_pointers: tuple[str, ...], floats: tuple[str, ...],
+              extra: dict | None = None, **kw) -> KernelSpec:
+    """Typed as ``anchor_forward`` / ``anchor_backward`` launch it on contiguous (B, H, N, d)
+    tensors with d a multiple of 16: last-dim strides 1, other strides and token ranges aligned."""
+    args = (kernel.fn if hasattr(kernel, "configs") else kernel).arg_names
+    strides = [a for a in args if a.startswith("s_")]
+    units = frozenset(a for a in strides if a.endswith("d"))
+    aligned = frozenset(set(strides) - units) | frozenset(a for a in args if a.startswith("tokens_per") or a == "D")
+
+    def constexprs(m_pad: int, d_pad: int, dtype: str) -> dict:
+        prec = {"PRECISION": "ieee" if dtype == "float32" else "tf32"} if "PRECISION" in args else {}
+        return {"M_PAD": m_pad, "D_PAD": d_pad, **prec, **(extra or {})}
+
+    return KernelSpec(name, kernel, frozenset(io_pointers), frozenset(floats), units, aligned, constexprs, **kw)
+
+
+# Every Triton kernel of this module, for the ahead-of-time audit (``bench.py kernels``).
+AOT_KERNELS = (
+    _aot_spec("_anchor_pass1", _anchor_pass1, ("k_ptr", "v_ptr", "u_ptr"), ("qk_scale",), {"ATOMIC": False}),
+    _aot_spec("_anchor_reduce", _anchor_reduce, (), (), dots=False, launch=REDUCE_LAUNCH),
+    _aot_spec("_anchor_pass2", _anchor_pass2, ("k_ptr", "u_ptr", "o_ptr"), ("qk_scale",)),
+    _aot_spec("_anchor_bwd", _anchor_bwd, ("g_ptr", "k_ptr", "v_ptr", "u_ptr", "dk_ptr", "dv_ptr"), ("scale",)),
+)
