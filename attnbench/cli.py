@@ -366,6 +366,19 @@ def kernels_cmd(archs, dtype, everything, pruned, fmt, names, modules, jobs, out
         raise click.exceptions.Exit(1)
 
 
+@cli.command("selftest")
+@click.option("--device", default=None, help="cpu or cuda (default: best present).")
+@click.option("--out", default=None, help="Output folder (default results/selftest-<device>).")
+def selftest_cmd(device, out) -> None:
+    """Validate this machine: GPU-only tests, a sweep, check, profiles, one summary page (exit 1 on a failed step)."""
+    from attnbench.selftest import run_selftest
+
+    device = check_device(device or best_device())
+    code = run_selftest(device, Path(out or f"results/selftest-{device}"), click.echo)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input becomes one stderr line and exit status 2."""
     try:

@@ -48,13 +48,42 @@ def _configs(stages):
         for bn in (64, 128) for w in (4, 8) for s in stages]
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop tiles whose (BLOCK_N × M_PAD) logits plus (M_PAD × D_PAD) accumulator exceed 4096
-    float32 values a warp (128 registers a thread), where they would spill."""
-    m_pad, d_pad = kwargs.get("M_PAD", 16), kwargs.get("D_PAD", 16)
-    keep = [c for c in configs
-            if (c.kwargs["BLOCK_N"] * m_pad + m_pad * d_pad) <= 4096 * c.num_warps]
-    return keep or configs[:1]
+def _fits(c, m_pad: int, d_pad: int, kernel: str) -> bool:
+    """Whether configuration ``c`` compiles without register spills at sm_80 and sm_90, by tile
+    sizes: the rule fits ``bench.py kernels --all --pruned`` (bfloat16, triton 3.9; README, "Kernel
+    resources"). Forward passes hold the (BLOCK_N × M_PAD) weights, the (M_PAD × D_PAD) anchors or
+    accumulator and, in pass 2, the (BLOCK_N × D_PAD) output tile: at most 4096 float32 values a
+    warp (128 a thread). At M_PAD = 128, where sm_80 keeps the anchors in registers for every warp,
+    only 8 warps and (BLOCK_N + 2 · D_PAD) · M_PAD <= 16384. The backward pass holds three more tiles
+    of each kind: BLOCK_N · D_PAD + M_PAD · D_PAD <= 8192 float32 values in all, whatever the warps,
+    and M_PAD <= 64. Where no configuration fits (the backward at M_PAD = 128; pass 1 at M_PAD = 128,
+    D_PAD >= 64 on sm_80) the one with the fewest values a thread is kept, and it spills."""
+    bn, w = c.kwargs["BLOCK_N"], c.num_warps
+    if kernel == "bwd":
+        return bn * d_pad + m_pad * d_pad <= 8192 and m_pad <= 64
+    if m_pad >= 128:
+        return w >= 8 and (bn + 2 * d_pad) * m_pad <= 16384
+    out_tile = bn * d_pad if kernel == "pass2" else 0
+    return bn * m_pad + m_pad * d_pad + out_tile <= 4096 * w
+
+
+def _smallest(configs):
+    """The configuration with the fewest values a thread: the one kept where none fits."""
+    return [min(configs, key=lambda c: (c.kwargs["BLOCK_N"] / c.num_warps, c.num_stages))]
+
+
+def _pruner(kernel: str):
+    def prune(configs, named_args, **kwargs):
+        m_pad, d_pad = kwargs.get("M_PAD", 16), kwargs.get("D_PAD", 16)
+        return [c for c in configs if _fits(c, m_pad, d_pad, kernel)] or _smallest(configs)
+    prune.__name__ = f"_prune_{kernel}"
+    prune.__doc__ = f"Keep the {kernel} configurations that fit in registers (``_fits``); at least one."
+    return prune
+
+
+_prune = _pruner("pass1")
+_prune_pass2 = _pruner("pass2")
+_prune_bwd = _pruner("bwd")
 
 
 # Hopper: ten configurations a kernel (fewer after pruning for m, d near 128), so that the
@@ -146,7 +175,7 @@ def _anchor_reduce(part_ptr, psum_ptr, m2_ptr, s_ptr, n_slots,
     tl.store(s_ptr + bh * M_PAD + offs_m, colsum)
 
 
-@triton.autotune(configs=PASS2_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=PASS2_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune_pass2})
 @triton.jit
 def _anchor_pass2(k_ptr, u_ptr, m2_ptr, o_ptr,
                   N, H, BH, M, D, qk_scale, tokens_per_prog,
@@ -180,7 +209,7 @@ def _anchor_pass2(k_ptr, u_ptr, m2_ptr, o_ptr,
                  o.to(o_ptr.dtype.element_ty), mask=tile_mask)
 
 
-@triton.autotune(configs=BWD_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=BWD_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune_bwd})
 @triton.jit
 def _anchor_bwd(g_ptr, k_ptr, v_ptr, u_ptr, m2_ptr, dm1_ptr, ds_ptr, dk_ptr, dv_ptr, du_ptr,
                 N, H, M, D, scale, tokens_per_split,

@@ -59,7 +59,7 @@ SMEM_RESERVED = 1024  # bytes the driver reserves a block on sm_80 and later
 M_VALUES = (10, 30, 100)
 HEAD_DIMS = (32, 64, 128)
 DTYPES = ("float32", "float16", "bfloat16")
-FAST = {"dtypes": ("bfloat16",), "shapes": ((30, 64), (10, 128), (100, 128))}  # the benchmark shape, the extremes
+FAST = {"dtypes": ("bfloat16",), "shapes": ((30, 64), (10, 128))}  # the benchmark shape; the widest head at few anchors
 
 
 @dataclass(frozen=True)
