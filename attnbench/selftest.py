@@ -122,7 +122,8 @@ def run_selftest(device: str, out: Path, echo: Callable[[str], None]) -> int:
     steps += check_steps(device, logs, echo)
     for method in ("fused-anchor", "vanilla-sdpa"):
         steps.append(run_step(Step(f"profile-{method}", bench(
-            "profile", "--method", method, "--n", str(shp.profile_n), "--m", str(shp.m), "--device", device,
+            "profile", "--method", method, "--n", str(shp.profile_n),
+            *(["--m", str(shp.m)] if method == "fused-anchor" else []), "--device", device,
             "--dtype", shp.dtype, "--batch", str(shp.batch), "--heads", str(shp.heads),
             "--head-dim", str(shp.head_dim), "--out", str(out / f"profile-{method}"))), logs, echo))
     page = summary_page(device, shp, steps, read_rows(sweep_dir / "rows.jsonl"))

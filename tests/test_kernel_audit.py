@@ -109,6 +109,7 @@ def test_prune_drops_the_configurations_seen_to_spill():
     assert not at._fits(cfg(64, 8), 16, 128, "bwd")     # 892 B spilled at sm_80
     assert not at._fits(cfg(64, 4), 128, 64, "pass1")   # 60 B spilled at sm_90
     assert not at._fits(cfg(128, 4), 16, 128, "pass2")
+    assert not at._fits(cfg(32, 4), 16, 128, "pass2")    # 64 registers and 4 B spilled at sm_90
     assert at._fits(cfg(64, 4), 32, 64, "bwd")          # 244 / 184 registers, no spill
     assert at._fits(cfg(64, 4), 32, 64, "pass1")        # 127 registers at sm_90
 
