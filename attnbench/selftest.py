@@ -111,6 +111,9 @@ def run_selftest(device: str, out: Path, echo: Callable[[str], None]) -> int:
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     steps = [run_step(Step("gpu-tests", test_argv(device)), logs, echo)]
+    if device == "cuda":  # compile here too: this machine's triton may differ from the CI's
+        steps.append(run_step(Step("kernels", bench("kernels", "--arch", "sm_80,sm_90", "--jobs", "8",
+                                                    "--out", str(out / "kernels.md"))), logs, echo))
     listed, names = method_names(device, logs, echo)
     steps.append(listed)
     sweep_dir = out / "sweep"

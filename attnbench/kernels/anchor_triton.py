@@ -50,8 +50,8 @@ def _configs(stages):
 
 def _fits(c, m_pad: int, d_pad: int, kernel: str) -> bool:
     """Whether configuration ``c`` compiles without register spills at sm_80 and sm_90, by tile
-    sizes: the rule fits ``bench.py kernels --all --pruned`` (bfloat16, triton 3.9; README, "Kernel
-    resources"). Forward passes hold the (BLOCK_N × M_PAD) weights, the (M_PAD × D_PAD) anchors or
+    sizes: the rule follows the audit's bfloat16 compiles (``bench.py kernels --pruned``, triton 3.9;
+    README, "Kernel resources"). Forward passes hold the (BLOCK_N × M_PAD) weights, the (M_PAD × D_PAD) anchors or
     accumulator and, in pass 2, the (BLOCK_N × D_PAD) output tile: at most 4096 float32 values a
     warp (128 a thread). At M_PAD = 128, where sm_80 keeps the anchors in registers for every warp,
     only 8 warps and (BLOCK_N + 2 · D_PAD) · M_PAD <= 16384. The backward pass holds three more tiles
