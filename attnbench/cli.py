@@ -63,7 +63,7 @@ def check_device(device: str) -> str:
 
 
 def resolve_methods(spec: str | None, device: str) -> tuple[str, ...]:
-    """Comma list of names, or every method (available ones only when no list is given)."""
+    """Comma list of names, or every available method of the device's default sweep."""
     if spec is not None:
         names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
         if not names:
@@ -74,7 +74,7 @@ def resolve_methods(spec: str | None, device: str) -> tuple[str, ...]:
             except KeyError as exc:
                 raise BadInput(exc.args[0]) from None
         return names
-    return tuple(m["name"] for m in registry.list_methods(device) if m["available"])
+    return tuple(m["name"] for m in registry.list_methods(device) if m["available"] and m["default_sweep"])
 
 
 def check_params(params: dict[str, dict[str, Any]], methods: tuple[str, ...]) -> None:
@@ -116,6 +116,7 @@ def list_cmd(device: str | None, as_json: bool) -> None:
     click.echo(f"{'method':<20} {'family':<12} {'budget':<8} available on {device}")
     for m in methods:
         state = "yes" if m["available"] else f"no: {m['reason']}"
+        state += "" if m["default_sweep"] or not m["available"] else " (not in the default sweep here: name it with --methods)"
         click.echo(f"{m['name']:<20} {m['family']:<12} {m['budget'] or '-':<8} {state}")
 
 
@@ -360,6 +361,55 @@ def drift_cmd(model, weights, random_weights, seed, text, images, n, batch, fit_
     """Swap a pretrained model's attention in every layer; compare its outputs with the exact model's."""
     run_drift_cmd(BadInput, model, attention, m_spec, param_items, fit, fit_iters, fit_steps, fit_lr, weights,
                   random_weights, seed, text, images, n, batch, fit_batch, check_device(device), out)
+
+
+@cli.command("kernels")
+@click.option("--arch", "archs", default="sm_80,sm_90", show_default=True, help="Targets: sm_80, sm_90, sm_100 (comma list).")
+@click.option("--dtype", default=None, help="float32|float16|bfloat16, comma list (default: bfloat16; with --all: all three).")
+@click.option("--all", "everything", is_flag=True, help="Every shape (m 10,30,100 x head_dim 32,64,128) and dtype.")
+@click.option("--pruned", is_flag=True, help="Also compile the configurations the prune function drops (kept = no).")
+@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "csv"]))
+@click.option("--kernels", "names", default=None, help="Comma list of kernel names (default: all declared).")
+@click.option("--module", "modules", multiple=True, help="Extra kernel module or .py file declaring AOT_KERNELS (repeatable).")
+@click.option("--jobs", default=2, show_default=True, type=click.IntRange(1, 64), help="Compiler processes.")
+@click.option("--out", default=None, help="Also write the table to this file.")
+def kernels_cmd(archs, dtype, everything, pruned, fmt, names, modules, jobs, out) -> None:
+    """Compile every Triton kernel ahead of time: registers, spills, shared memory, occupancy,
+    tensor cores (exit 1 when a kept configuration fails, spills or exceeds shared memory)."""
+    from attnbench.kernels import audit
+
+    try:
+        arch_list, dtypes, shapes = audit.selection(archs, dtype, everything)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    mods = audit.kernel_modules() + list(modules)
+    try:
+        rows = audit.audit(arch_list, dtypes, shapes, mods, names.split(",") if names else None, pruned, jobs)
+    except RuntimeError as exc:
+        raise BadInput(str(exc)) from None
+    text = audit.markdown(rows) if fmt == "md" else audit.csv_text(rows)
+    click.echo(text)
+    if out:
+        Path(out).write_text(text + "\n")
+    found = audit.problems(rows)
+    for line in found:
+        click.echo(f"problem: {line}", err=True)
+    click.echo(f"{len(rows)} compiles, {len(found)} problems", err=True)
+    if found:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("selftest")
+@click.option("--device", default=None, help="cpu or cuda (default: best present).")
+@click.option("--out", default=None, help="Output folder (default results/selftest-<device>).")
+def selftest_cmd(device, out) -> None:
+    """Validate this machine: GPU-only tests, a sweep, check, profiles, one summary page (exit 1 on a failed step)."""
+    from attnbench.selftest import run_selftest
+
+    device = check_device(device or best_device())
+    code = run_selftest(device, Path(out or f"results/selftest-{device}"), click.echo)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ class MethodInfo:
     head_dims: tuple[int, int] = (1, 4096)  # inclusive range of supported head dims
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    default_sweep: tuple[str, ...] | None = None  # devices whose default sweep includes it (None: all)
 
     def availability(self, device: str | None = None) -> str | None:
         """None if usable on ``device`` (any device if None), else a sentence saying why not."""
@@ -65,6 +66,7 @@ def register(
     defaults: dict[str, Any] | None = None,
     description: str = "",
     replace: bool = False,
+    default_sweep: tuple[str, ...] | list[str] | None = None,
 ) -> Callable[[type], type]:
     """Class decorator adding an attention module to the registry under ``name``.
 
@@ -81,6 +83,7 @@ def register(
             name=name, cls=cls, family=family, budget=budget, devices=tuple(devices),
             dtypes=tuple(dtypes), needs_grid=needs_grid, uses_query=uses_query,
             head_dims=tuple(head_dims), defaults=dict(defaults or {}), description=doc,
+            default_sweep=None if default_sweep is None else tuple(default_sweep),
         )
         cls.method_name = name
         cls.info = _REGISTRY[name]
@@ -120,6 +123,7 @@ def list_methods(device: str | None = None) -> list[dict[str, Any]]:
             "dtypes": list(info.dtypes), "needs_grid": info.needs_grid,
             "uses_query": info.uses_query, "available": reason is None,
             "reason": reason, "description": info.description,
+            "default_sweep": device is None or info.default_sweep is None or device in info.default_sweep,
         })
     return out
 

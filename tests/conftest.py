@@ -11,6 +11,10 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: exercises a CUDA code path (run by `bench.py selftest` on a GPU)")
+
+
 def rand_qkv(batch, heads, n, head_dim, seed=0, dtype=torch.float32, scale=1.0):
     gen = torch.Generator().manual_seed(seed)
     shape = (batch, heads, n, head_dim)

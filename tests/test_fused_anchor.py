@@ -15,6 +15,7 @@ from attnbench.methods.fused_anchor import FusedAnchorFunction, chunked_backward
 
 # The kernels run on the GPU where there is one, else under triton's interpreter on CPU tensors
 # (tests/conftest.py sets TRITON_INTERPRET=1 before triton is first imported).
+pytestmark = pytest.mark.cuda  # the Triton kernels run on the GPU when there is one
 KDEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 

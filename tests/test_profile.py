@@ -92,6 +92,7 @@ def test_timing_line_from_recorded_row_fields():
     assert missing.endswith("energy unavailable (energy counter: Not Supported)")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_profile_on_cuda_lists_kernels_and_bandwidth(tmp_path, capsys):
     out = tmp_path / "prof"

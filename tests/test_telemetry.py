@@ -213,7 +213,8 @@ def test_loop_telemetry_fields_from_recorded_readings():
 
 
 # -- on a CUDA machine (skipped elsewhere) ---------------------------------------------------
-cuda_only = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def cuda_only(fn):
+    return pytest.mark.cuda(pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")(fn))
 
 
 @cuda_only

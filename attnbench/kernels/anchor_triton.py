@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attnbench.kernels.aot import KernelSpec
+
 _INTERPRET = bool(triton.knobs.runtime.interpret)
 SPLIT_ALIGN = 128  # token ranges per program are multiples of this (>= every BLOCK_N)
 LOG2E = 1.4426950408889634
@@ -46,13 +48,44 @@ def _configs(stages):
         for bn in (64, 128) for w in (4, 8) for s in stages]
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop tiles whose (BLOCK_N × M_PAD) logits plus (M_PAD × D_PAD) accumulator exceed 4096
-    float32 values a warp (128 registers a thread), where they would spill."""
-    m_pad, d_pad = kwargs.get("M_PAD", 16), kwargs.get("D_PAD", 16)
-    keep = [c for c in configs
-            if (c.kwargs["BLOCK_N"] * m_pad + m_pad * d_pad) <= 4096 * c.num_warps]
-    return keep or configs[:1]
+def _fits(c, m_pad: int, d_pad: int, kernel: str) -> bool:
+    """Whether configuration ``c`` compiles without register spills at sm_80 and sm_90, by tile
+    sizes: the rule follows the audit's bfloat16 compiles (``bench.py kernels --pruned``, triton 3.9;
+    README, "Kernel resources"). Forward passes hold the (BLOCK_N × M_PAD) weights, the (M_PAD × D_PAD) anchors or
+    accumulator and, in pass 2, the (BLOCK_N × D_PAD) output tile: at most 4096 float32 values a
+    warp (128 a thread). At M_PAD = 128, where sm_80 keeps the anchors in registers for every warp,
+    only 8 warps and (BLOCK_N + 2 · D_PAD) · M_PAD <= 16384. The backward pass holds three more tiles
+    of each kind: BLOCK_N · D_PAD + M_PAD · D_PAD <= 8192 float32 values in all, whatever the warps,
+    and M_PAD <= 64. Where no configuration fits (the backward at M_PAD = 128; pass 1 at M_PAD = 128,
+    D_PAD >= 64 on sm_80) the one with the fewest values a thread is kept, and it spills."""
+    bn, w = c.kwargs["BLOCK_N"], c.num_warps
+    if kernel == "bwd":
+        return bn * d_pad + m_pad * d_pad <= 8192 and m_pad <= 64
+    if m_pad >= 128:
+        return w >= 8 and (bn + 2 * d_pad) * m_pad <= 16384
+    if kernel == "pass2" and bn == 32 and w == 4 and d_pad >= 128:
+        return False  # ptxas holds it to 64 registers at sm_90, and it spills
+    out_tile = bn * d_pad if kernel == "pass2" else 0
+    return bn * m_pad + m_pad * d_pad + out_tile <= 4096 * w
+
+
+def _smallest(configs):
+    """The configuration with the fewest values a thread: the one kept where none fits."""
+    return [min(configs, key=lambda c: (c.kwargs["BLOCK_N"] / c.num_warps, c.num_stages))]
+
+
+def _pruner(kernel: str):
+    def prune(configs, named_args, **kwargs):
+        m_pad, d_pad = kwargs.get("M_PAD", 16), kwargs.get("D_PAD", 16)
+        return [c for c in configs if _fits(c, m_pad, d_pad, kernel)] or _smallest(configs)
+    prune.__name__ = f"_prune_{kernel}"
+    prune.__doc__ = f"Keep the {kernel} configurations that fit in registers (``_fits``); at least one."
+    return prune
+
+
+_prune = _pruner("pass1")
+_prune_pass2 = _pruner("pass2")
+_prune_bwd = _pruner("bwd")
 
 
 # Hopper: ten configurations a kernel (fewer after pruning for m, d near 128), so that the
@@ -61,6 +94,7 @@ PASS1_CONFIGS = _configs((2, 3))
 PASS2_CONFIGS = _configs((2, 3))
 BWD_CONFIGS = _configs((2, 3))
 TUNE_KEY = ["M_PAD", "D_PAD", "N_BUCKET"]
+REDUCE_LAUNCH = (8, 3)  # (num_warps, num_stages) of the one-program-a-head reduction
 
 
 @triton.jit
@@ -143,7 +177,7 @@ def _anchor_reduce(part_ptr, psum_ptr, m2_ptr, s_ptr, n_slots,
     tl.store(s_ptr + bh * M_PAD + offs_m, colsum)
 
 
-@triton.autotune(configs=PASS2_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=PASS2_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune_pass2})
 @triton.jit
 def _anchor_pass2(k_ptr, u_ptr, m2_ptr, o_ptr,
                   N, H, BH, M, D, qk_scale, tokens_per_prog,
@@ -177,7 +211,7 @@ def _anchor_pass2(k_ptr, u_ptr, m2_ptr, o_ptr,
                  o.to(o_ptr.dtype.element_ty), mask=tile_mask)
 
 
-@triton.autotune(configs=BWD_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=BWD_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune_bwd})
 @triton.jit
 def _anchor_bwd(g_ptr, k_ptr, v_ptr, u_ptr, m2_ptr, dm1_ptr, ds_ptr, dk_ptr, dv_ptr, du_ptr,
                 N, H, M, D, scale, tokens_per_split,
@@ -296,7 +330,8 @@ def reduce_over_tokens(k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, scale:
         _n_bucket(n), M_PAD=m_pad, D_PAD=d_pad, ATOMIC=not deterministic, PRECISION=_precision(k.dtype))
     m2 = torch.empty((bh, m_pad, d_pad), dtype=torch.float32, device=k.device)
     s = torch.empty((bh, m_pad), dtype=torch.float32, device=k.device)
-    _anchor_reduce[(bh,)](part, psum, m2, s, slots, M_PAD=m_pad, D_PAD=d_pad, num_warps=8)
+    _anchor_reduce[(bh,)](part, psum, m2, s, slots, M_PAD=m_pad, D_PAD=d_pad,
+                         num_warps=REDUCE_LAUNCH[0], num_stages=REDUCE_LAUNCH[1])
     return m2, s
 
 
@@ -375,3 +410,28 @@ def tuned_configs() -> dict[str, str | None]:
     return {"pass1": show(_anchor_pass1), "pass2": show(_anchor_pass2), "backward": show(_anchor_bwd)}
 
 
+
+
+def _aot_spec(name: str, kernel, io_pointers: tuple[str, ...], floats: tuple[str, ...],
+              extra: dict | None = None, **kw) -> KernelSpec:
+    """Typed as ``anchor_forward`` / ``anchor_backward`` launch it on contiguous (B, H, N, d)
+    tensors with d a multiple of 16: last-dim strides 1, other strides and token ranges aligned."""
+    args = (kernel.fn if hasattr(kernel, "configs") else kernel).arg_names
+    strides = [a for a in args if a.startswith("s_")]
+    units = frozenset(a for a in strides if a.endswith("d"))
+    aligned = frozenset(set(strides) - units) | frozenset(a for a in args if a.startswith("tokens_per") or a == "D")
+
+    def constexprs(m_pad: int, d_pad: int, dtype: str) -> dict:
+        prec = {"PRECISION": "ieee" if dtype == "float32" else "tf32"} if "PRECISION" in args else {}
+        return {"M_PAD": m_pad, "D_PAD": d_pad, **prec, **(extra or {})}
+
+    return KernelSpec(name, kernel, frozenset(io_pointers), frozenset(floats), units, aligned, constexprs, **kw)
+
+
+# Every Triton kernel of this module, for the ahead-of-time audit (``bench.py kernels``).
+AOT_KERNELS = (
+    _aot_spec("_anchor_pass1", _anchor_pass1, ("k_ptr", "v_ptr", "u_ptr"), ("qk_scale",), {"ATOMIC": False}),
+    _aot_spec("_anchor_reduce", _anchor_reduce, (), (), dots=False, launch=REDUCE_LAUNCH),
+    _aot_spec("_anchor_pass2", _anchor_pass2, ("k_ptr", "u_ptr", "o_ptr"), ("qk_scale",)),
+    _aot_spec("_anchor_bwd", _anchor_bwd, ("g_ptr", "k_ptr", "v_ptr", "u_ptr", "dk_ptr", "dv_ptr"), ("scale",)),
+)

@@ -38,7 +38,7 @@ def block_region_counts(reg: torch.Tensor, r: int, block: int = FLEX_BLOCK) -> t
                              accumulate=True)
 
 
-@register("biformer-flex", family="biformer", needs_grid=True, defaults=dict(BiFormerAttention.info.defaults),
+@register("biformer-flex", default_sweep=("cuda",), family="biformer", needs_grid=True, defaults=dict(BiFormerAttention.info.defaults),
           description="BiFormer bi-level routing with the routed regions as a FlexAttention block mask")
 class BiFormerFlex(FlexMixin, BiFormerAttention):
     """``biformer`` with flex_attention over the routed regions; see the module docstring."""

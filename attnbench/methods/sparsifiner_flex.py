@@ -18,7 +18,7 @@ from attnbench.methods.sparsifiner import Sparsifiner
 from attnbench.registry import register
 
 
-@register("sparsifiner-flex", family="sparsifiner", defaults=dict(Sparsifiner.info.defaults),
+@register("sparsifiner-flex", default_sweep=("cuda",), family="sparsifiner", defaults=dict(Sparsifiner.info.defaults),
           description="Sparsifiner's predicted top-keep keys as a FlexAttention mask_mod")
 class SparsifinerFlex(FlexMixin, Sparsifiner):
     """``sparsifiner`` with flex_attention over the kept keys; see the module docstring."""
