@@ -3,9 +3,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from attnbench import check
 from attnbench.cli import main
+from attnbench.reference import exact_reference
 
 TINY = ["--methods", "vanilla-math,anchor", "--n", "48,80", "--m", "6", "--heads", "2", "--head-dim", "16",
         "--repeats", "7", "--block-ms", "6"]
@@ -181,14 +183,40 @@ def test_bootstrap_interval_separates_shifted_samples():
     assert check.speed_verdict(0.5, 0.4, 0.6, 0.15) == "faster"
 
 
-def test_exact_tolerance_is_derived_from_plain_attention_error():
-    exact = check.SuiteEntry("vanilla-math", 64, exact=True)
-    approx = check.SuiteEntry("anchor", 64, 6)
-    assert check.error_tolerance(exact, 1e-7, 0.5) == pytest.approx(check.EXACT_FACTOR * 1e-7)
-    assert check.error_tolerance(approx, 1e-7, 0.5) == pytest.approx(0.5 * (1 + check.ERR_RTOL) + 4e-7)
-    assert check.error_tolerance(approx, 1e-7, None) is None
+def hand_plain_error(q, k, v):
+    """Relative Frobenius error of float32 softmax(q kᵀ/√d) v against the same in float64."""
+    def attn(q, k, v):
+        s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        p = torch.exp(s - s.amax(-1, keepdim=True))
+        return (p / p.sum(-1, keepdim=True)) @ v
+    ref = attn(q.double(), k.double(), v.double())
+    return float((attn(q, k, v).double() - ref).norm() / ref.norm())
 
 
-def test_device_class_is_a_file_name():
+def test_exact_tolerance_is_four_times_a_hand_computed_plain_error(qkv_factory):
+    q, k, v = qkv_factory(1, 2, 80, 16, seed=3)
+    wl = type("W", (), {"q": q, "k": k, "v": v})()
+    ref = exact_reference(q, k, v).out
+    plain = check.plain_attention_error(wl, ref)
+    hand = hand_plain_error(q, k, v)
+    assert 1e-8 < hand < 1e-5 and plain == pytest.approx(hand, rel=0.3)
+    exact = check.SuiteEntry("vanilla-math", 80, exact=True)
+    approx = check.SuiteEntry("anchor", 80, 6)
+    assert check.error_tolerance(exact, hand, 0.5) == pytest.approx(4 * hand)    # README: 4 x plain error
+    assert check.error_tolerance(approx, hand, 0.5) == pytest.approx(0.505 + 4 * hand)   # baseline + 1 %
+    assert check.error_tolerance(approx, hand, None) is None
+
+
+@pytest.mark.parametrize("factor,failed", [(3.9, False), (4.1, True)])
+def test_exact_method_fails_beyond_four_times_plain_error(factor, failed):
+    from attnbench.check.verdict import correctness_row
+    it = check.Measured(check.SuiteEntry("vanilla-math", 80, exact=True), err_rel_fro=factor * 1e-7,
+                        plain_err=1e-7, out_finite=True)
+    row = correctness_row(it, None)
+    assert (row is not None and row.verdict == "WRONG") == failed
+
+
+def test_device_class_is_a_file_name(monkeypatch):
     assert check.device_class("cpu") == "cpu"
-    assert check.re.sub(r"[^a-z0-9]+", "-", "NVIDIA H100 80GB HBM3".lower()) == "nvidia-h100-80gb-hbm3"
+    monkeypatch.setattr("attnbench.check.baselines.device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    assert check.device_class("cuda") == "nvidia-h100-80gb-hbm3"
