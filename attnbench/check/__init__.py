@@ -21,13 +21,14 @@ Modules: ``suite`` (the configurations and settings), ``baselines`` (files), ``p
 """
 from attnbench.check.baselines import (BASELINE_DIR, FORMAT, BaselineError, default_baseline_path, device_class,
                                        device_name, load_baseline)
-from attnbench.check.entry import DEFAULT_TOLERANCE, CheckOptions, run_check, run_update
+from attnbench.check.entry import CheckOptions, run_check, run_update
+from attnbench.check.modes import AB_TOLERANCE, DEFAULT_TOLERANCE, FALLBACK_TOLERANCE
 from attnbench.check.prepare import Measured, plain_attention_error, prepare_suite
 from attnbench.check.stats import ratio_of_medians_ci, speed_verdict
 from attnbench.check.suite import DEFAULT_SUITES, Settings, SuiteEntry, entry_of
 from attnbench.check.verdict import ERR_RTOL, EXACT_FACTOR, Row, error_tolerance
 
 __all__ = ["BASELINE_DIR", "FORMAT", "BaselineError", "default_baseline_path", "device_class", "device_name",
-           "load_baseline", "DEFAULT_TOLERANCE", "CheckOptions", "run_check", "run_update", "Measured",
+           "load_baseline", "DEFAULT_TOLERANCE", "AB_TOLERANCE", "FALLBACK_TOLERANCE", "CheckOptions", "run_check", "run_update", "Measured",
            "plain_attention_error", "prepare_suite", "ratio_of_medians_ci", "speed_verdict", "DEFAULT_SUITES",
            "Settings", "SuiteEntry", "entry_of", "ERR_RTOL", "EXACT_FACTOR", "Row", "error_tolerance"]

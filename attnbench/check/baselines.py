@@ -4,17 +4,19 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from attnbench.check.suite import Settings, entry_of
+from attnbench.check.suite import Settings
+from attnbench.check.device import machine_class
 from attnbench.check.prepare import Measured
 
 from attnbench.measure.env import collect_env, git_commit
+from attnbench.spec import DTYPES
 
 FORMAT = "attnbench-ci-baseline/1"
 BASELINE_DIR = Path("baselines/ci")
@@ -56,17 +58,49 @@ def _validate_baseline(path: Path, data: Any) -> None:
     if not isinstance(data.get("configs"), list) or not isinstance(data.get("settings"), dict):
         raise BaselineError(f"baseline {path} is corrupt: 'configs' or 'settings' missing")
     try:
-        Settings(**data["settings"])
+        check_settings(data["settings"])
         for c in data["configs"]:
-            entry_of(c)
-            if c.get("status") == "ok":
-                samples = c["samples"]
-                if not samples or not all(isinstance(s, (int, float)) and s > 0 for s in samples):
-                    raise ValueError(f"{c['method']} has no positive samples")
-                float(c["err_rel_fro"])
-    except (TypeError, KeyError, ValueError) as exc:
+            check_config(c)
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
         raise BaselineError(f"baseline {path} is corrupt: {type(exc).__name__}: {exc}") from None
 
+
+def _is_number(v: Any, kind: type) -> bool:
+    """An int (not a bool) for ``kind`` int; an int or float for ``kind`` float."""
+    return not isinstance(v, bool) and isinstance(v, (int, float) if kind is float else kind)
+
+
+def check_settings(raw: dict[str, Any]) -> None:
+    """ValueError/TypeError naming the first setting of the wrong type or out of range."""
+    s = Settings(**raw)
+    for f in fields(Settings):
+        v, kind = getattr(s, f.name), type(f.default)
+        if not (_is_number(v, kind) if kind in (int, float) else isinstance(v, kind)):
+            raise ValueError(f"settings.{f.name} = {v!r} is not a{'n' if kind is int else ''} {kind.__name__}")
+        if kind in (int, float) and f.name != "seed" and not v > 0:
+            raise ValueError(f"settings.{f.name} = {v!r} is not positive")
+    if s.dtype not in DTYPES:
+        raise ValueError(f"settings.dtype = {s.dtype!r} is not one of {', '.join(DTYPES)}")
+    if s.device not in ("cpu", "cuda"):
+        raise ValueError(f"settings.device = {s.device!r} is not cpu or cuda")
+
+
+def check_config(c: dict[str, Any]) -> None:
+    """ValueError/TypeError when one configuration's fields are of the wrong type or out of range."""
+    if not isinstance(c.get("method"), str) or not c["method"]:
+        raise ValueError(f"a configuration has no method name: {c.get('method')!r}")
+    for name in ("n", "m"):
+        v = c.get(name)
+        if (name == "n" or v is not None) and not (_is_number(v, int) and v > 0):
+            raise ValueError(f"{c['method']}: {name} = {v!r} is not a positive integer")
+    if not isinstance(c.get("params") or {}, dict):
+        raise ValueError(f"{c['method']}: params = {c['params']!r} is not an object")
+    if c.get("status") == "ok":
+        samples = c["samples"]
+        if not samples or not all(_is_number(s, float) and s > 0 for s in samples):
+            raise ValueError(f"{c['method']} has no positive samples")
+        if not _is_number(c["err_rel_fro"], float):
+            raise ValueError(f"{c['method']}: err_rel_fro = {c['err_rel_fro']!r} is not a number")
 
 
 def measured_env(s: Settings) -> dict[str, Any]:
@@ -81,6 +115,7 @@ def baseline_dict(items: list[Measured], s: Settings, argv: list[str] | None) ->
     return {
         "format": FORMAT,
         "device_class": device_class(s.device),
+        "machine_class": machine_class(s.device),
         "unit": "ms" if s.device == "cuda" else "ratio to plain attention at the same n",
         "provenance": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                        "commit": git_commit(), "command": argv, "env": env},

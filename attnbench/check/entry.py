@@ -5,15 +5,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from attnbench.check.abcheck import ab_settings, compare_ab, rounds_and_reps
 from attnbench.check.baselines import (BaselineError, baseline_dict, baseline_diff, device_name, load_baseline,
                                        measured_env, write_json)
+from attnbench.check.modes import Mode, absolute_plugins, choose_mode, head_root
 from attnbench.check.output import env_line, format_table, summarize
 from attnbench.check.prepare import prepare_suite
 from attnbench.check.processes import measure_for_baseline
 from attnbench.check.suite import DEFAULT_SUITES, Settings, entry_of, select_entries, update_suite
+from attnbench.check.revision import worktree
 from attnbench.check.verdict import compare, update_problems
-
-DEFAULT_TOLERANCE = 0.15
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class CheckOptions:
 
     device: str
     baseline: Path
-    tolerance: float = DEFAULT_TOLERANCE
+    tolerance: float | None = None     # None: the mode's default (DEFAULT_TOLERANCE, AB_TOLERANCE, ...)
     methods: tuple[str, ...] | None = None
     repeats: int | None = None
     ns: tuple[int, ...] | None = None
@@ -31,14 +32,15 @@ class CheckOptions:
     head_dim: int | None = None
     block_ms: float | None = None
     plugins: tuple[str, ...] = ()      # loaded again by the process that re-measures suspects
+    base: str | None = None            # a git revision: A/B against it instead of the stored baseline
 
 
-def settings_for_check(baseline: dict[str, Any], opts: CheckOptions) -> Settings:
+def settings_for_check(baseline: dict[str, Any], opts: CheckOptions, ab: bool) -> Settings:
     """The baseline's settings (repeats overridable); BaselineError if it belongs elsewhere."""
     s = Settings(**baseline["settings"])
     if s.device != opts.device:
         raise BaselineError(f"baseline {opts.baseline} was measured on {s.device}, this check runs on {opts.device}")
-    if s.device == "cuda":
+    if s.device == "cuda" and not ab:
         stored = (baseline.get("provenance") or {}).get("env", {}).get("device_name")
         if stored != device_name("cuda"):
             raise BaselineError(f"baseline {opts.baseline} is for {stored!r}, this GPU is {device_name('cuda')!r}")
@@ -46,15 +48,19 @@ def settings_for_check(baseline: dict[str, Any], opts: CheckOptions) -> Settings
 
 
 def run_check(opts: CheckOptions, echo: Callable[[str], None]) -> int:
-    """Measure the baseline's configurations and print the verdict table; 0 pass, 1 fail."""
+    """Measure the baseline's configurations, here against the baseline or side by side with a
+    revision (``choose_mode``), and print the verdict table; 0 pass, 1 fail."""
     baseline = load_baseline(opts.baseline)
-    s = settings_for_check(baseline, opts)
     entries = select_entries((entry_of(c) for c in baseline["configs"]), opts.methods)
     if not entries:
         raise BaselineError(f"baseline {opts.baseline} has no configuration of {', '.join(opts.methods or ())}")
+    mode = choose_mode(opts, baseline, echo)
+    s = settings_for_check(baseline, opts, mode.sha is not None)
+    if mode.sha is not None:
+        return run_ab(opts, ab_settings(s, opts.repeats), entries, mode, echo)
     items, wls = prepare_suite(entries, s)
-    rows = compare(items, baseline, s, opts.tolerance, wls, opts.plugins)
-    echo(f"check against {opts.baseline} (tolerance {opts.tolerance:g}, {s.repeats} interleaved repetitions)")
+    rows = compare(items, baseline, s, mode.tolerance, wls, opts.plugins)
+    echo(f"check against {opts.baseline} (tolerance {mode.tolerance:g}, {s.repeats} interleaved repetitions)")
     for line in format_table(rows, baseline.get("unit", "?")):
         echo(line)
     echo(f"now:      {env_line(measured_env(s))}")
@@ -62,6 +68,24 @@ def run_check(opts: CheckOptions, echo: Callable[[str], None]) -> int:
          f"date={(baseline.get('provenance') or {}).get('date')}")
     return summarize(rows, echo)
 
+
+def run_ab(opts: CheckOptions, s: Settings, entries: list, mode: Mode, echo: Callable[[str], None]) -> int:
+    """The working tree against ``mode.sha`` in a temporary worktree, side by side."""
+    rounds, reps = rounds_and_reps(s)
+    echo(f"check: this tree against {mode.label} ({mode.sha[:12]}) side by side on this machine "
+         f"(tolerance {mode.tolerance:g}, {rounds} pairs of fresh processes x {reps} repetitions)")
+    with worktree(mode.repo, mode.sha) as base_root:
+        try:
+            rows = compare_ab(entries, s, mode.tolerance, {"head": head_root(), "base": base_root},
+                              absolute_plugins(opts.plugins), mode.label)
+        except RuntimeError as exc:  # a worker process died: the check cannot pass
+            echo(f"check FAILED: {exc}")
+            return 1
+    for line in format_table(rows, f"ms per call at {mode.label} (baseline) and in this tree (now); "
+                                   "ratio: median of time(now) / time(baseline)"):
+        echo(line)
+    echo(f"now:      {env_line(measured_env(s))}")
+    return summarize(rows, echo)
 
 
 def settings_for_update(opts: CheckOptions) -> Settings:

@@ -21,6 +21,17 @@ def ratio_of_medians_ci(now: Iterable[float], base: Iterable[float], *, confiden
     return float(np.median(a) / np.median(b)), float(lo), float(hi)
 
 
+def median_ci(samples: Iterable[float], *, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP,
+              seed: int = 0) -> tuple[float, float, float]:
+    """median(samples) and its percentile-bootstrap interval (paired ratios: one sample each)."""
+    a = np.asarray(list(samples), float)
+    rng = np.random.default_rng(seed)
+    meds = np.median(rng.choice(a, (resamples, a.size)), axis=1)
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(meds, [alpha, 1 - alpha])
+    return float(np.median(a)), float(lo), float(hi)
+
+
 def speed_verdict(ratio: float, lo: float, hi: float, tolerance: float) -> str:
     """'REGRESSION' when the whole interval is above 1+tol, 'faster' when it is below 1-tol."""
     if lo > 1 + tolerance:
