@@ -110,7 +110,7 @@ def in_git_checkout():
 
 # "stored": against the baseline file; "ab": side by side with the committed HEAD (--base).
 MODES = [pytest.param([], id="stored"),
-         pytest.param(["--base", "HEAD", "--repeats", "6"], id="ab",
+         pytest.param(["--base", "HEAD", "--repeats", "3"], id="ab",
                       marks=pytest.mark.skipif(not in_git_checkout(), reason="needs a git checkout"))]
 
 
@@ -327,7 +327,7 @@ def in_slow_repo(slow_repo, monkeypatch):
 def test_ab_between_two_commits_names_the_slowed_configuration(in_slow_repo, capsys):
     repo = in_slow_repo
     code, out, err = run_main(["check", "--baseline", str(repo / "baselines/ci/cpu.json"), "--base", "HEAD~1",
-                               "--repeats", "6"], capsys)
+                               "--repeats", "3"], capsys)
     assert code == 1, out + err
     v = verdicts(out)
     assert v["vanilla-math n=48"] == v["vanilla-math n=80"] == "REGRESSION"
@@ -342,7 +342,7 @@ def test_another_machine_class_switches_to_ab_with_the_baselines_commit(in_slow_
     monkeypatch.setattr("attnbench.check.modes.machine_class", lambda device: "Fake CPU family 1 model 2 stepping 3")
     base = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD~1"], capture_output=True, text=True).stdout
     code, out, err = run_main(["check", "--baseline", str(repo / "baselines/ci/cpu.json"), "--methods", "vanilla-math",
-                               "--repeats", "6"], capsys)
+                               "--repeats", "3"], capsys)
     first = out.splitlines()[0]
     assert "this machine (Fake CPU family 1 model 2 stepping 3) is not the baseline's" in first
     assert f"comparing side by side with {base[:12]}" in first

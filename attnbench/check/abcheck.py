@@ -25,9 +25,10 @@ def ab_settings(s: Settings, repeats: int | None) -> Settings:
 
 
 def rounds_and_reps(s: Settings) -> tuple[int, int]:
-    """Pairs of fresh processes, and recorded repetitions in each: ``s.repeats`` split over ``s.processes``."""
-    rounds = max(1, s.processes)
-    return rounds, max(2, math.ceil(s.repeats / rounds))
+    """Pairs of fresh processes, and recorded repetitions in each: ``s.repeats`` split over up to
+    ``s.processes`` pairs, at least three repetitions in each."""
+    rounds = max(1, min(s.processes, s.repeats // 3))
+    return rounds, math.ceil(s.repeats / rounds)
 
 
 def compare_ab(entries: list[SuiteEntry], s: Settings, tolerance: float, roots: dict[str, Path],
