@@ -139,13 +139,13 @@ def main() -> None:
             for mode in (("ab", "stored") if a.mode == "both" else (a.mode,)):
                 for case, sha, args, runs in cases(mode, clone, tmp, base, shas, a.target_n, counts):
                     sh(clone, "git", "checkout", "--quiet", "--detach", sha)
-                    results = [run_check(clone, args, key) for _ in range(runs)]
-                    for r in results:
-                        r.update(mode=mode, case=case)
-                        print(json.dumps(r), flush=True)
+                    results = []
+                    for _ in range(runs):
+                        results.append({"mode": mode, "case": case, **run_check(clone, args, key)})
+                        print(json.dumps(results[-1]), flush=True)
                         if a.out:
                             with open(a.out, "a") as f:
-                                f.write(json.dumps(r) + "\n")
+                                f.write(json.dumps(results[-1]) + "\n")
                     good = sum((r["rc"] == 0) if case == "unchanged" else (r["rc"] == 1 and r["named"])
                                for r in results)
                     summary.append(f"{mode:6} {case:9} {'passed' if case == 'unchanged' else 'caught'} "

@@ -202,7 +202,8 @@ def test_shape_options_need_update(baseline, capsys):
     assert code == 2 and "--n apply only with --update" in err
 
 
-@pytest.mark.parametrize("args,words", [(["--tolerance", "nan"], "--tolerance"), (["--tolerance", "-0.1"], "--tolerance"),
+@pytest.mark.parametrize("args,words", [(["--tolerance", "nan"], "--tolerance"),
+                                        (["--tolerance", "-0.1"], "--tolerance"),
                                         (["--base", "no-such-rev-xyz"], "no-such-rev-xyz")])
 def test_bad_options_exit_2_naming_them(args, words, baseline, capsys):
     code, out, err = run_main(["check", "--baseline", str(baseline)] + args, capsys)

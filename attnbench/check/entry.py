@@ -73,7 +73,7 @@ def run_ab(opts: CheckOptions, s: Settings, entries: list, mode: Mode, echo: Cal
     """The working tree against ``mode.sha`` in a temporary worktree, side by side."""
     rounds, reps = rounds_and_reps(s)
     echo(f"check: this tree against {mode.label} ({mode.sha[:12]}) side by side on this machine "
-         f"(tolerance {mode.tolerance:g}, {rounds} pairs of fresh processes x {reps} repetitions)")
+         f"(tolerance {mode.tolerance:g}, {rounds} pair{'s' * (rounds != 1)} of fresh processes x {reps} repetitions)")
     with worktree(mode.repo, mode.sha) as base_root:
         try:
             rows = compare_ab(entries, s, mode.tolerance, {"head": head_root(), "base": base_root},
