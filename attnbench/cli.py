@@ -294,8 +294,9 @@ def report_cmd(runs, out, at_n, fit_points) -> None:
 @plugin_option
 @click.option("--baseline", "baseline_path", default=None,
               help="Baseline file (default baselines/ci/<device-class>.json).")
-@click.option("--tolerance", default=0.15, show_default=True, type=float,
-              help="Allowed slowdown, as a fraction of the baseline median.")
+@click.option("--tolerance", default=None, type=float,
+              help="Allowed slowdown, a fraction (default 0.15 against the baseline, 0.10 with --base).")
+@click.option("--base", default=None, help="Git revision to compare with side by side on this machine.")
 @click.option("--methods", "methods_spec", default=None, help="Comma list narrowing the suite.")
 @click.option("--update", is_flag=True, help="Measure the suite and rewrite the baseline.")
 @click.option("--device", default=None, help="cpu or cuda (default: best present).")
@@ -305,15 +306,17 @@ def report_cmd(runs, out, at_n, fit_points) -> None:
 @click.option("--heads", default=None, type=int, help="With --update: heads.")
 @click.option("--head-dim", default=None, type=int, help="With --update: head dim.")
 @click.option("--block-ms", default=None, type=float, help="With --update: CPU milliseconds per timed block.")
-def check_cmd(baseline_path, tolerance, methods_spec, update, device, repeats, n_spec, m_value, heads,
+def check_cmd(baseline_path, tolerance, base, methods_spec, update, device, repeats, n_spec, m_value, heads,
               head_dim, block_ms) -> None:
     """CI gate: correctness, then speed against the stored baseline (exit 1 on failure)."""
     from attnbench import check
 
     device = check_device(device or best_device())
-    if tolerance < 0 or (repeats is not None and repeats < 3):
-        raise BadInput("--tolerance must be >= 0 and --repeats >= 3")
+    if (tolerance is not None and not (0 <= tolerance < float("inf"))) or (repeats is not None and repeats < 3):
+        raise BadInput("--tolerance must be a number >= 0 and --repeats >= 3")
     shape = {"--n": n_spec, "--m": m_value, "--heads": heads, "--head-dim": head_dim, "--block-ms": block_ms}
+    if update and base:
+        raise BadInput("--base compares with a revision; it does not apply with --update")
     if not update and any(v is not None for v in shape.values()):
         raise BadInput(f"{', '.join(k for k, v in shape.items() if v is not None)} apply only with --update")
     if any(v is not None and v <= 0 for v in (m_value, heads, head_dim, block_ms)):
@@ -326,7 +329,7 @@ def check_cmd(baseline_path, tolerance, methods_spec, update, device, repeats, n
         plugins=click.get_current_context().meta.get("attnbench.plugins", ()),
         device=device, baseline=Path(baseline_path) if baseline_path else check.default_baseline_path(device),
         tolerance=tolerance, methods=resolve_methods(methods_spec, device) if methods_spec else None,
-        repeats=repeats, ns=ns, m=m_value, heads=heads, head_dim=head_dim, block_ms=block_ms)
+        repeats=repeats, ns=ns, m=m_value, heads=heads, head_dim=head_dim, block_ms=block_ms, base=base)
     try:
         code = (check.run_update(opts, click.echo, ["bench.py"] + sys.argv[1:]) if update
                 else check.run_check(opts, click.echo))

@@ -1,11 +1,18 @@
 """`bench.py check`: the correctness gate, the speed gate, and bad baselines, on a tiny suite."""
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
+import torch
 
 from attnbench import check
 from attnbench.cli import main
+from attnbench.check.device import cpu_class
+from attnbench.check.modes import head_root
+from attnbench.check.revision import repo_root
+from attnbench.reference import exact_reference
 
 TINY = ["--methods", "vanilla-math,anchor", "--n", "48,80", "--m", "6", "--heads", "2", "--head-dim", "16",
         "--repeats", "7", "--block-ms", "6"]
@@ -97,25 +104,39 @@ def test_update_writes_a_baseline_that_check_accepts(baseline, capsys):
     assert "check passed" in out
 
 
-def test_identical_copy_passes(baseline, tmp_path, capsys, scratch_registry):
-    code, out, err = run_main(["check", "--baseline", str(baseline), "--plugin", plugin(tmp_path, "same", SAME)], capsys)
+def in_git_checkout():
+    return repo_root(head_root()) is not None
+
+
+# "stored": against the baseline file; "ab": side by side with the committed HEAD (--base).
+MODES = [pytest.param([], id="stored"),
+         pytest.param(["--base", "HEAD", "--repeats", "3"], id="ab",
+                      marks=pytest.mark.skipif(not in_git_checkout(), reason="needs a git checkout"))]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_identical_copy_passes(mode, baseline, tmp_path, capsys, scratch_registry):
+    code, out, err = run_main(["check", "--baseline", str(baseline), "--plugin", plugin(tmp_path, "same", SAME)]
+                              + mode, capsys)
     assert code == 0, out + err
 
 
-def test_three_times_the_work_is_a_regression(baseline, tmp_path, capsys, scratch_registry):
-    code, out, _ = run_main(["check", "--baseline", str(baseline), "--plugin", plugin(tmp_path, "triple", TRIPLE)],
-                            capsys)
+@pytest.mark.parametrize("mode", MODES)
+def test_three_times_the_work_is_a_regression(mode, baseline, tmp_path, capsys, scratch_registry):
+    code, out, _ = run_main(["check", "--baseline", str(baseline), "--plugin", plugin(tmp_path, "triple", TRIPLE)]
+                            + mode, capsys)
     assert code == 1, out
     v = verdicts(out)
     assert v["vanilla-math n=48"] == v["vanilla-math n=80"] == "REGRESSION"
     assert "check FAILED: vanilla-math n=48 REGRESSION" in out
-    assert "measured again in a fresh process" in out
+    assert "measured again in a fresh" in out
     assert v["anchor n=48 m=6"] != "REGRESSION"
 
 
-def test_wrong_output_fails_the_correctness_gate(baseline, tmp_path, capsys, scratch_registry):
-    code, out, _ = run_main(["check", "--baseline", str(baseline), "--plugin", plugin(tmp_path, "wrong", WRONG)],
-                            capsys)
+@pytest.mark.parametrize("mode", MODES)
+def test_wrong_output_fails_the_correctness_gate(mode, baseline, tmp_path, capsys, scratch_registry):
+    code, out, _ = run_main(["check", "--baseline", str(baseline), "--plugin", plugin(tmp_path, "wrong", WRONG)]
+                            + mode, capsys)
     assert code == 1, out
     v = verdicts(out)
     assert v["anchor n=48 m=6"] == v["anchor n=80 m=6"] == "WRONG"
@@ -132,8 +153,12 @@ def test_wrong_exact_method_is_not_written_as_baseline(tmp_path, capsys, scratch
     assert "baseline not written" in out and "vanilla-math n=48" in out
 
 
-@pytest.mark.parametrize("case", ["missing", "not-json", "wrong-format", "no-samples"])
-def test_bad_baseline_exits_2_with_one_line(case, baseline, tmp_path, capsys):
+BAD_CASES = ["missing", "not-json", "wrong-format", "no-samples", "heads-six", "float64", "negative-n"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_baseline_exits_2_with_one_line(case, mode, baseline, tmp_path, capsys):
     path = tmp_path / "cpu.json"
     data = json.loads(baseline.read_text())
     if case == "not-json":
@@ -142,12 +167,20 @@ def test_bad_baseline_exits_2_with_one_line(case, baseline, tmp_path, capsys):
         path.write_text(json.dumps({"format": "something else"}))
     elif case == "no-samples":
         data["configs"][1]["samples"] = []
+    elif case == "heads-six":
+        data["settings"]["heads"] = "six"
+    elif case == "float64":
+        data["settings"]["dtype"] = "float64"
+    elif case == "negative-n":
+        data["configs"][2]["n"] = -48
+    if case in ("no-samples", "heads-six", "float64", "negative-n"):
         path.write_text(json.dumps(data))
-    code, out, err = run_main(["check", "--baseline", str(path)], capsys)
+    code, out, err = run_main(["check", "--baseline", str(path)] + mode, capsys)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert str(path) in err
     assert ("missing" if case == "missing" else "corrupt") in err
+    assert {"heads-six": "six", "float64": "float64", "negative-n": "-48"}.get(case, "") in err
 
 
 def test_unregistered_method_in_baseline_is_skipped(baseline, tmp_path, capsys):
@@ -169,6 +202,14 @@ def test_shape_options_need_update(baseline, capsys):
     assert code == 2 and "--n apply only with --update" in err
 
 
+@pytest.mark.parametrize("args,words", [(["--tolerance", "nan"], "--tolerance"),
+                                        (["--tolerance", "-0.1"], "--tolerance"),
+                                        (["--base", "no-such-rev-xyz"], "no-such-rev-xyz")])
+def test_bad_options_exit_2_naming_them(args, words, baseline, capsys):
+    code, out, err = run_main(["check", "--baseline", str(baseline)] + args, capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and words in err, err
+
+
 def test_bootstrap_interval_separates_shifted_samples():
     rng = np.random.default_rng(1)
     base = 1.0 + 0.05 * rng.standard_normal(15)
@@ -181,14 +222,138 @@ def test_bootstrap_interval_separates_shifted_samples():
     assert check.speed_verdict(0.5, 0.4, 0.6, 0.15) == "faster"
 
 
-def test_exact_tolerance_is_derived_from_plain_attention_error():
-    exact = check.SuiteEntry("vanilla-math", 64, exact=True)
-    approx = check.SuiteEntry("anchor", 64, 6)
-    assert check.error_tolerance(exact, 1e-7, 0.5) == pytest.approx(check.EXACT_FACTOR * 1e-7)
-    assert check.error_tolerance(approx, 1e-7, 0.5) == pytest.approx(0.5 * (1 + check.ERR_RTOL) + 4e-7)
-    assert check.error_tolerance(approx, 1e-7, None) is None
+def hand_plain_error(q, k, v):
+    """Relative Frobenius error of float32 softmax(q kᵀ/√d) v against the same in float64."""
+    def attn(q, k, v):
+        s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        p = torch.exp(s - s.amax(-1, keepdim=True))
+        return (p / p.sum(-1, keepdim=True)) @ v
+    ref = attn(q.double(), k.double(), v.double())
+    return float((attn(q, k, v).double() - ref).norm() / ref.norm())
 
 
-def test_device_class_is_a_file_name():
+def test_exact_tolerance_is_four_times_a_hand_computed_plain_error(qkv_factory):
+    q, k, v = qkv_factory(1, 2, 80, 16, seed=3)
+    wl = type("W", (), {"q": q, "k": k, "v": v})()
+    ref = exact_reference(q, k, v).out
+    plain = check.plain_attention_error(wl, ref)
+    hand = hand_plain_error(q, k, v)
+    assert 1e-8 < hand < 1e-5 and plain == pytest.approx(hand, rel=0.3)
+    exact = check.SuiteEntry("vanilla-math", 80, exact=True)
+    approx = check.SuiteEntry("anchor", 80, 6)
+    assert check.error_tolerance(exact, hand, 0.5) == pytest.approx(4 * hand)    # README: 4 x plain error
+    assert check.error_tolerance(approx, hand, 0.5) == pytest.approx(0.505 + 4 * hand)   # baseline + 1 %
+    assert check.error_tolerance(approx, hand, None) is None
+
+
+@pytest.mark.parametrize("factor,failed", [(3.9, False), (4.1, True)])
+def test_exact_method_fails_beyond_four_times_plain_error(factor, failed):
+    from attnbench.check.verdict import correctness_row
+    it = check.Measured(check.SuiteEntry("vanilla-math", 80, exact=True), err_rel_fro=factor * 1e-7,
+                        plain_err=1e-7, out_finite=True)
+    row = correctness_row(it, None)
+    assert (row is not None and row.verdict == "WRONG") == failed
+
+
+def test_device_class_is_a_file_name(monkeypatch):
     assert check.device_class("cpu") == "cpu"
-    assert check.re.sub(r"[^a-z0-9]+", "-", "NVIDIA H100 80GB HBM3".lower()) == "nvidia-h100-80gb-hbm3"
+    monkeypatch.setattr("attnbench.check.baselines.device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    assert check.device_class("cuda") == "nvidia-h100-80gb-hbm3"
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 207
+model name\t: Intel(R) Xeon(R) Processor
+stepping\t: 2
+
+processor\t: 1
+model name\t: Other
+"""
+
+
+def test_cpu_class_has_model_name_family_model_and_stepping():
+    assert cpu_class(CPUINFO) == "Intel(R) Xeon(R) Processor family 6 model 207 stepping 2"
+    assert cpu_class(CPUINFO.replace("207", "143")) != cpu_class(CPUINFO)
+
+
+SLOW_COMMIT = """
+
+_plain_math_forward = VanillaMath.forward
+
+
+def _three_times(self, q, k, v, grid=None):
+    _plain_math_forward(self, q, k, v, grid=grid)
+    _plain_math_forward(self, q, k, v, grid=grid)
+    return _plain_math_forward(self, q, k, v, grid=grid)
+
+
+VanillaMath.forward = _three_times
+"""
+
+
+def git(root, *args):
+    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def slow_repo(tmp_path_factory, baseline):
+    """A git repository holding this tree's package and the tiny baseline, then a commit that makes
+    vanilla-math do three times its work; HEAD detached, as in a CI clone."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copytree(head_root() / "attnbench", root / "attnbench", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "baselines" / "ci").mkdir(parents=True)
+    shutil.copy(baseline, root / "baselines" / "ci" / "cpu.json")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    with open(root / "attnbench" / "methods" / "vanilla.py", "a") as f:
+        f.write(SLOW_COMMIT)
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "slow")
+    git(root, "checkout", "-q", "--detach", "HEAD")
+    return root
+
+
+@pytest.fixture
+def in_slow_repo(slow_repo, monkeypatch):
+    """Check the package of ``slow_repo`` (its workers import it) instead of this tree's."""
+    for where in ("attnbench.check.modes", "attnbench.check.entry"):
+        monkeypatch.setattr(f"{where}.head_root", lambda: slow_repo)
+    return slow_repo
+
+
+def test_ab_between_two_commits_names_the_slowed_configuration(in_slow_repo, capsys):
+    repo = in_slow_repo
+    code, out, err = run_main(["check", "--baseline", str(repo / "baselines/ci/cpu.json"), "--base", "HEAD~1",
+                               "--repeats", "3"], capsys)
+    assert code == 1, out + err
+    v = verdicts(out)
+    assert v["vanilla-math n=48"] == v["vanilla-math n=80"] == "REGRESSION"
+    assert v["anchor n=48 m=6"] in ("ok", "faster") and v["anchor n=80 m=6"] in ("ok", "faster")
+    assert "check FAILED: vanilla-math n=48 REGRESSION; vanilla-math n=80 REGRESSION" in out
+    listed = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
+    assert len(listed.strip().splitlines()) == 1       # the temporary worktree is gone
+
+
+def test_another_machine_class_switches_to_ab_with_the_baselines_commit(in_slow_repo, capsys, monkeypatch):
+    repo = in_slow_repo
+    monkeypatch.setattr("attnbench.check.modes.machine_class", lambda device: "Fake CPU family 1 model 2 stepping 3")
+    base = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD~1"], capture_output=True, text=True).stdout
+    code, out, err = run_main(["check", "--baseline", str(repo / "baselines/ci/cpu.json"), "--methods", "vanilla-math",
+                               "--repeats", "3"], capsys)
+    first = out.splitlines()[0]
+    assert "this machine (Fake CPU family 1 model 2 stepping 3) is not the baseline's" in first
+    assert f"comparing side by side with {base[:12]}" in first
+    assert code == 1 and verdicts(out)["vanilla-math n=80"] == "REGRESSION", out + err
+
+
+def test_another_machine_class_without_a_revision_widens_the_tolerance(baseline, capsys, monkeypatch):
+    monkeypatch.setattr("attnbench.check.modes.machine_class", lambda device: "Fake CPU family 1 model 2 stepping 3")
+    code, out, err = run_main(["check", "--baseline", str(baseline), "--repeats", "3"], capsys)
+    first = out.splitlines()[0]
+    assert "is not the baseline's" in first and "no revision to compare with" in first
+    assert f"wider tolerance {check.FALLBACK_TOLERANCE:g}" in first
+    assert f"(tolerance {check.FALLBACK_TOLERANCE:g}," in out
