@@ -46,3 +46,7 @@ class Schedule:
         """A worker that died or was replaced holds nothing."""
         for holders in self.holders.values():
             holders.discard(worker)
+
+    def requeue(self, p: Point) -> None:
+        """Put back a point whose worker was lost through no fault of its own (a node went away)."""
+        self.groups.setdefault(p.n, deque()).appendleft(p)
