@@ -57,6 +57,8 @@ def test_misbehaving_points_become_rows_and_the_sweep_goes_on(tmp_path, capsys):
     pids = {r["worker_pid"] for r in got.values()}
     assert len(pids) >= 4 and os.getpid() not in pids         # replaced after each death and kill
     assert all(r["executor"] == "process" and r["worker_host"] == socket.gethostname() for r in got.values())
+    declared = {f.name for f in rows.fields_of("attention")}
+    assert all(set(r) == declared for r in got.values())        # crashed and timeout rows too
 
     code, stdout, _ = run_main(args, capsys)                   # a rerun measures nothing new
     assert code == 0 and stdout.startswith("0 rows written") and "10 already measured" in stdout
@@ -78,6 +80,18 @@ def test_schedule_keeps_an_n_on_its_worker_and_lets_idle_workers_steal():
     assert s.next_for("w0", 8).n == 8 and s.next_for("w0", 8).n == 8
     assert s.next_for("w0", 8).n == 16                         # n=8 done: takes from n=16
     assert s.next_for("w1", 16).n == 16 and not s
+
+
+def test_progress_line_names_the_point_in_flight_on_each_worker():
+    from attnbench.run import Progress
+
+    shown = []
+    progress = Progress(shown.append)
+    progress.start("w1", Point("anchor", {}, 1024, 30))
+    progress.start("w0", Point("uniform", {}, 196, None))
+    assert shown[-1] == "w0: uniform n=196 | w1: anchor n=1024 m=30"
+    progress.stop("w1")
+    assert shown[-1] == "w0: uniform n=196"
 
 
 def test_huge_n_is_an_oom_row_and_an_impossible_n_is_refused(tmp_path, capsys):

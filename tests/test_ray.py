@@ -55,6 +55,7 @@ def test_ray_rows_equal_the_process_rows_and_name_their_node(cluster, tmp_path):
     assert len({r["ray_node_id"] for r in by_ray.values()}) == 2     # both nodes measured
 
 
+@pytest.mark.slow
 def test_a_node_killed_mid_sweep_loses_no_written_row(cluster, tmp_path):
     c, worker = cluster
     out = tmp_path / "run"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -75,9 +76,10 @@ def worker_main(conn: Connection, cfg: SweepConfig, peaks: dict[str, Any], slot:
         try:
             p = conn.recv()
         except EOFError:
-            return
-        if p is None:
-            return
+            p = None
+        if p is None:                    # done: skip the interpreter's slow teardown
+            sys.stderr.flush()
+            os._exit(0)
         conn.send(("start", point_label(p)))
         conn.send(("row", runner.measure(p)))
 
@@ -166,8 +168,7 @@ class ProcessPool:
                     if self._check(w, on_row, schedule):
                         workers[i] = self._spawn(w.slot)
         finally:
-            for w in workers:
-                self._stop(w)
+            self._stop_all(workers)
             self.tmp.cleanup()
 
     def _spawn(self, slot: Slot) -> Worker:
@@ -257,16 +258,19 @@ class ProcessPool:
         w.proc.kill()
         w.proc.join()
 
-    def _stop(self, w: Worker) -> None:
-        if w.proc.is_alive():
+    def _stop_all(self, workers: list[Worker], grace_s: float = 10.0) -> None:
+        """Tell every worker to exit, wait for them together, kill the ones still alive."""
+        for w in workers:
             try:
                 w.conn.send(None)
             except (OSError, ValueError):
                 pass
-            w.proc.join(timeout=5)
+        deadline = time.monotonic() + grace_s
+        for w in workers:
+            w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
             if w.proc.is_alive():
                 self._kill(w)
-        w.conn.close()
+            w.conn.close()
 
 
 class WorkerStartError(RuntimeError):
