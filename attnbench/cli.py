@@ -215,7 +215,12 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
     )
     if any(registry.get_info(mm).budget for mm in methods) and not ms:
         raise BadInput("--m is empty but budgeted methods were chosen; give --m like 10,30,100")
-    summary = run_sweep(cfg, argv=["bench.py"] + sys.argv[1:], progress=not quiet)
+    from attnbench.run.process import WorkerStartError
+
+    try:
+        summary = run_sweep(cfg, argv=["bench.py"] + sys.argv[1:], progress=not quiet)
+    except WorkerStartError as exc:
+        raise BadInput(str(exc)) from None
     for note in summary.notes:
         click.echo(note, err=True)
     for line in summary.unsupported:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from attnbench.rows import REQUIRED as REQUIRED_FIELDS, RETRY_STATUSES, STATUSES, dedup, identity, type_problem  # noqa: F401
+from attnbench.rows import REQUIRED as REQUIRED_FIELDS, STATUSES, dedup, identity, type_problem  # noqa: F401
 
 LOCK_NAME = ".lock"
 REPAIR_HOOK_ENV = "ATTNBENCH_TEST_REPAIR_HOOK"   # tests: before-cut, after-cut, before-newline pauses

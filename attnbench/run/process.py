@@ -190,9 +190,13 @@ class ProcessPool:
 
     def _feed(self, w: Worker, schedule: Schedule) -> None:
         if w.point is None and schedule:
-            w.point = schedule.next_for(w.slot.name, w.held_n)
-            w.held_n, w.started = w.point.n, None
-            w.conn.send(w.point)
+            p = schedule.next_for(w.slot.name, w.held_n)
+            try:
+                w.conn.send(p)
+            except OSError:                # it died between points: _check replaces it
+                schedule.requeue(p)
+                return
+            w.point, w.held_n, w.started = p, p.n, None
 
     def _wait(self, workers: list[Worker]) -> None:
         wait([w.conn for w in workers] + [w.proc.sentinel for w in workers], timeout=POLL_S)

@@ -83,7 +83,12 @@ class RayPool:
         self.cfg, self.peaks, self.progress = cfg, peaks, progress
 
     def run(self, todo: list[Point], on_row: OnRow) -> None:
-        import ray
+        try:
+            import ray
+        except ImportError:
+            from attnbench.run.process import WorkerStartError
+
+            raise WorkerStartError("--executor ray needs Ray: pip install -e \".[ray]\"") from None
 
         if not todo:
             return
