@@ -95,6 +95,25 @@ def check_params(params: dict[str, dict[str, Any]], methods: tuple[str, ...]) ->
                 raise BadInput(f"--param {method}.{key}: {method} takes {', '.join(sorted(accepted)) or 'no parameters'}")
 
 
+def executor_options(fn: Callable) -> Callable:
+    """--executor, --workers, --point-timeout, --worker-mem-limit, --retry-failed, --ray-address."""
+    from attnbench.run.options import OPTIONS
+
+    for option in reversed(OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def executor_settings(opts: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """SweepConfig fields from the executor options (bad values are one line, exit 2)."""
+    from attnbench.run.options import settings
+
+    try:
+        return settings(opts, timeout_s, click.get_current_context().meta.get("attnbench.plugins", ()))
+    except SpecError as exc:
+        raise BadInput(str(exc)) from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """attnbench: efficient attention side by side: latency, memory, FLOPs, error."""
@@ -151,7 +170,7 @@ def env_cmd(device: str | None) -> None:
 @click.option("--min-run-time", default=0.2, show_default=True, type=float,
               help="CPU timing budget per row, seconds of measured calls.")
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=float,
-              help="A first call slower than this many seconds gives a timeout row.")
+              help="Seconds one call may take; a longer call gives a timeout row (process/ray: it is killed).")
 @click.option("--no-flops", is_flag=True, help="Skip the fvcore and FlopCounterMode counts.")
 @click.option("--cuda-graphs", is_flag=True, help="Time replays of the call captured in a CUDA graph.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -161,9 +180,10 @@ def env_cmd(device: str | None) -> None:
 @click.option("--fit-iters", default=20, show_default=True, type=int, help="closed: fixed-point iterations.")
 @click.option("--fit-steps", default=200, show_default=True, type=int, help="distill: Adam steps.")
 @click.option("--fit-lr", default=5e-2, show_default=True, type=float, help="distill: Adam learning rate.")
+@executor_options
 def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_dim, mode, workload,
               seed, param_items, out, min_run_time, timeout_s, no_flops, cuda_graphs, quiet, fit, fit_iters,
-              fit_steps, fit_lr) -> None:
+              fit_steps, fit_lr, **run_opts) -> None:
     """Measure every method over token counts and budgets into OUT/rows.jsonl."""
     from attnbench.measure.timing import TimingConfig
     from attnbench.sweep import SweepConfig, run_sweep
@@ -197,18 +217,38 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
         out=Path(out or f"results/sweep-{device}"), params=params,
         timing=TimingConfig(cpu_min_run_time_s=min_run_time, timeout_s=timeout_s, cuda_graphs=cuda_graphs),
         count_flops=not no_flops, fit=fit, fit_iters=fit_iters, fit_steps=fit_steps,
-        fit_lr=fit_lr,
+        fit_lr=fit_lr, **executor_settings(run_opts, timeout_s),
     )
     if any(registry.get_info(mm).budget for mm in methods) and not ms:
         raise BadInput("--m is empty but budgeted methods were chosen; give --m like 10,30,100")
-    summary = run_sweep(cfg, argv=["bench.py"] + sys.argv[1:], progress=not quiet)
+    from attnbench.run.process import WorkerStartError
+
+    try:
+        summary = run_sweep(cfg, argv=["bench.py"] + sys.argv[1:], progress=not quiet)
+    except WorkerStartError as exc:
+        raise BadInput(str(exc)) from None
     for note in summary.notes:
         click.echo(note, err=True)
     for line in summary.unsupported:
         click.echo(f"skipped: {line}", err=True)
+    for line in summary.failed:
+        click.echo(f"failed: {line}", err=True)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.statuses.items())) or "nothing new"
     click.echo(f"{summary.written} rows written to {summary.out / 'rows.jsonl'} ({counts}); "
                f"{summary.skipped_existing} already measured")
+
+
+@cli.command("merge")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder to write (rows are appended).")
+@click.option("--keep", default=None, help="newest or oldest: which of two different measurements of one point wins.")
+def merge_cmd(folders, out, keep) -> None:
+    """Union of run folders, de-duplicated by the row identity key."""
+    from attnbench.run.merge import merge_runs
+
+    s = merge_runs(list(folders), out, keep)
+    click.echo(f"{s.rows} rows in {out / 'rows.jsonl'} from {len(folders)} folders ({s.duplicates} duplicates dropped, "
+               f"{s.conflicts_resolved} conflicts resolved by --keep {keep}); {s.runs} runs in runs.jsonl")
 
 
 @cli.command("profile")

@@ -140,7 +140,11 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
     row = base_row(cfg, p)
     row["workload_params"] = wl.params
     try:
-        _measure(cfg, p, wl, ref, extra, row)
+        try:   # the method's own constructor: its failure is the method's
+            module = registry.build(p.method, heads=cfg.heads, head_dim=cfg.head_dim, params=p.params, m=p.m)
+        except Exception as exc:
+            raise MethodFailure(exc) from exc
+        _measure(cfg, p, module, wl, ref, extra, row)
     except CallTimeout as exc:
         row.update(status="timeout", message=str(exc))
     except MethodFailure as exc:
@@ -152,13 +156,9 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
     return row
 
 
-def _measure(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], ExactReference],
-             extra: PointData | None, row: dict[str, Any]) -> None:
+def _measure(cfg: SweepConfig, p: Point, module: torch.nn.Module, wl: Workload,
+             ref: Callable[[], ExactReference], extra: PointData | None, row: dict[str, Any]) -> None:
     """The steps of one point, filling ``row``; returns early for unsupported or too-big points."""
-    try:
-        module = registry.build(p.method, heads=cfg.heads, head_dim=cfg.head_dim, params=p.params, m=p.m)
-    except Exception as exc:
-        raise MethodFailure(exc) from exc
     module = method_code(lambda: module.to(cfg.device).eval())
     reason = method_code(module.unsupported_reason, cfg.device, cfg.dtype, p.n, cfg.head_dim)
     if reason:

@@ -16,6 +16,7 @@ from attnbench.measure.telemetry import TELEMETRY_KEYS
 
 KINDS = ("attention", "model", "drift")
 STATUSES = ("ok", "oom", "error", "unsupported", "timeout", "crashed", "harness_error")
+RETRY_STATUSES = ("crashed", "timeout", "error", "harness_error")   # what --retry-failed measures again
 NUMBER, INT, TEXT, FLAG, MAPPING, LIST, ANY = "number", "int", "text", "flag", "mapping", "list", "any"
 _TYPES = {NUMBER: (int, float), INT: (int,), TEXT: (str,), FLAG: (bool,), MAPPING: (dict,), LIST: (list,)}
 BOTH = KINDS          # fields every kind of row carries
@@ -161,7 +162,18 @@ _PROVENANCE = [
        "flags, NVML driver, clocks and power limit (nulls with `nvml_reason` off-GPU)", BOTH, group="env"),
 ]
 
-FIELDS: tuple[Field, ...] = tuple(_IDENTITY + _OUTCOME + _TELEMETRY + _ROOFLINE + _MODEL + _DRIFT + _PROVENANCE)
+# Where a row was measured: the executor and its worker (filled by attnbench.run).
+_WORKER = [
+    _f("executor", TEXT, "", "inline (the sweep's own process), process (an isolated worker process) or ray",
+       group="worker"),
+    _f("worker_host", TEXT, "", "host name of the worker", group="worker"),
+    _f("worker_pid", INT, "", "process id of the worker", group="worker"),
+    _f("device_index", INT, "", "index of the CUDA device in the machine's numbering (null on CPU)", group="worker"),
+    _f("device_uuid", TEXT, "", "UUID of the CUDA device (null on CPU)", group="worker"),
+    _f("ray_node_id", TEXT, "", "Ray node ID of the worker (null off Ray)", group="worker"),
+]
+
+FIELDS: tuple[Field, ...] = tuple(_IDENTITY + _OUTCOME + _TELEMETRY + _ROOFLINE + _MODEL + _DRIFT + _PROVENANCE + _WORKER)
 BY_NAME = {f.name: f for f in FIELDS}
 REQUIRED = ("method", "n", "status", "device", "dtype", "mode")
 POSITIVE = ("n", "m", "batch", "heads", "head_dim", "img")

@@ -5,7 +5,6 @@ A killed sweep loses at most the row in flight; running it again skips what is m
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import sys
 import uuid
 from dataclasses import dataclass, field, replace
@@ -16,12 +15,12 @@ import torch
 
 from attnbench import registry, rows
 from attnbench.measure.env import collect_env, device_label
-from attnbench.measure.error import ExactReference, exact_reference
-from attnbench.measure.roofline import device_peaks, roofline_columns
+from attnbench.measure.roofline import device_peaks
 from attnbench.measure.timing import TimingConfig, timing_config_dict
-from attnbench.results import RowWriter, measured_keys
-from attnbench.point import base_row, fit_settings, measure_point, point_data  # noqa: F401  (re-exported)
-from attnbench.spec import DTYPES, param_variants
+from attnbench.point import base_row, fit_settings  # noqa: F401  (re-exported)
+from attnbench.results import FolderLock, RowWriter, measured_keys
+from attnbench.run import Progress, run_points
+from attnbench.spec import DTYPES, SpecError, param_variants
 from attnbench.workloads import file_dims, make_workload
 
 @dataclass(frozen=True)
@@ -48,6 +47,13 @@ class SweepConfig:
     fit_lr: float = 5e-2       # distill: Adam learning rate
     device_name: str | None = None  # GPU or CPU model (identity of a row); None: this machine's
     layers: tuple[int | str | None, ...] = (None,)  # file: with a layer axis: 0..L-1; without: "all"
+    executor: str = "inline"   # inline | process | ray (attnbench.run); the CLI's default is process
+    workers: int | None = None   # process/ray workers; None: one per GPU on CUDA, one on CPU
+    point_timeout_s: float = 1200.0   # process/ray: seconds one whole point may take
+    worker_mem_limit: int | None = None   # process: address-space limit of a worker (bytes, RLIMIT_AS)
+    plugins: tuple[str, ...] = ()   # plugin files/modules workers import before measuring
+    retry_failed: bool = False  # measure again points whose latest row is crashed/timeout/error/harness_error
+    ray_address: str | None = None  # ray: cluster to join; None starts a local Ray instance
 
 
 @dataclass(frozen=True)
@@ -104,58 +110,66 @@ class SweepSummary:
     skipped_existing: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     unsupported: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)   # crashed, timeout, oom, error, harness_error rows
     notes: list[str] = field(default_factory=list)
+
+    def add(self, p: Point, row: dict[str, Any]) -> None:
+        status = row["status"]
+        self.written += 1
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        label = f"{p.method} n={p.n} m={p.m}: "
+        if status == "unsupported":
+            self.unsupported.append(label + str(row["message"]))
+        elif status != "ok":
+            self.failed.append(label + f"{status} ({row['message']})")
+
+
+MAX_INPUT_BYTES = 2 ** 50   # q, k, v larger than this (1 PiB) exceed any machine by orders: refused
+
+
+def check_sizes(cfg: SweepConfig) -> None:
+    """Refuse token counts whose q, k, v cannot be described (int64 overflow) or exceed any memory."""
+    item = torch.tensor([], dtype=DTYPES[cfg.dtype]).element_size()
+    for n in cfg.ns:
+        elements = cfg.batch * cfg.heads * n * cfg.head_dim
+        if elements >= 2 ** 63 or 3 * elements * item > MAX_INPUT_BYTES:
+            raise SpecError(f"--n {n}: q, k, v of shape ({cfg.batch}, {cfg.heads}, {n}, {cfg.head_dim}) would take "
+                            f"{3 * elements * item / 2 ** 50:.3g} PiB; no machine holds that")
 
 
 def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = True) -> SweepSummary:
-    """Measure every point of the grid not already in ``cfg.out/rows.jsonl``."""
+    """Measure every point of the grid not already in ``cfg.out/rows.jsonl`` (``cfg.executor`` runs them)."""
     cfg, notes = resolve_workload_dims(cfg)
+    check_sizes(cfg)
     if cfg.fit != "none" and cfg.workload.startswith("file:"):   # fail early: no fitting split
         make_workload(cfg.workload, cfg.batch, cfg.heads, cfg.ns[0], cfg.head_dim, dtype=torch.float32,
                       device="cpu", seed=cfg.seed, split="fit", layer=_layer_arg(cfg.layers[0]))
     cfg = replace(cfg, device_name=device_label(cfg.device))
-    done = measured_keys(cfg.out)
-    summary = SweepSummary(out=cfg.out, notes=notes)
-    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    env = collect_env(cfg.device, cfg.seed)
-    env["roofline"] = device_peaks(cfg.device, cfg.dtype)
-    _record_invocation(cfg, run_id, argv, env)
-    points = expand_grid(cfg)
-    todo = [p for p in points if rows.identity(base_row(cfg, p)) not in done]
-    summary.skipped_existing = len(points) - len(todo)
-    writer = RowWriter(cfg.out / "rows.jsonl")
-    bar = _progress(len(todo), progress)
-    for n, layer in sorted({(p.n, p.layer) for p in todo}, key=lambda nl: (nl[0], str(nl[1]).zfill(6))):
-        wl = make_workload(cfg.workload, cfg.batch, cfg.heads, n, cfg.head_dim,
-                           dtype=DTYPES[cfg.dtype], device=cfg.device, seed=cfg.seed, layer=_layer_arg(layer))
-        cache: list[ExactReference] = []
+    with FolderLock(cfg.out):
+        done = measured_keys(cfg.out, retry=rows.RETRY_STATUSES if cfg.retry_failed else ())
+        summary = SweepSummary(out=cfg.out, notes=notes)
+        run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        env = collect_env(cfg.device, cfg.seed)
+        env["roofline"] = device_peaks(cfg.device, cfg.dtype)
+        _record_invocation(cfg, run_id, argv, env)
+        points = expand_grid(cfg)
+        todo = [p for p in points if rows.identity(base_row(cfg, p)) not in done]
+        summary.skipped_existing = len(points) - len(todo)
+        writer = RowWriter(cfg.out / "rows.jsonl")
+        bar = _progress(len(todo), progress)
 
-        def ref() -> ExactReference:
-            if not cache:
-                cache.append(exact_reference(wl.q, wl.k, wl.v))
-            return cache[0]
-
-        extra = point_data(cfg, wl, n, ref)
-
-        for p in (p for p in todo if p.n == n and p.layer == layer):
-            if bar is not None:
-                bar.set_description(f"{p.method} n={p.n}" + (f" m={p.m}" if p.m is not None else "")
-                                    + (f" layer={p.layer}" if isinstance(p.layer, int) else ""))
-            row = measure_point(cfg, p, wl, ref, extra)
-            row.update(roofline_columns(row, registry.get_info(p.method).uses_query, env["roofline"]))
+        def record(p: Point, row: dict[str, Any]) -> None:
             row.update(run_id=run_id, env=env,
                        timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             writer.append(row)
-            summary.written += 1
-            summary.statuses[row["status"]] = summary.statuses.get(row["status"], 0) + 1
-            if row["status"] == "unsupported":
-                summary.unsupported.append(f"{p.method} n={p.n} m={p.m}: {row['message']}")
+            summary.add(p, row)
             if bar is not None:
                 bar.update(1)
-            gc.collect()
-        del wl, cache, extra
-    if bar is not None:
-        bar.close()
+
+        shown = (lambda line: bar.set_description_str(line)) if bar is not None else (lambda line: None)
+        run_points(cfg, todo, env["roofline"], record, Progress(shown))
+        if bar is not None:
+            bar.close()
     return summary
 
 
@@ -177,4 +191,4 @@ def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="row", file=sys.stderr, dynamic_ncols=True,
-                bar_format="{desc:<32} {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+                bar_format="{n_fmt}/{total_fmt} [{elapsed}<{remaining}] {desc}")

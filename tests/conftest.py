@@ -40,3 +40,7 @@ def scratch_registry():
 # A failure of attnbench's own measuring code raises in tests instead of becoming a
 # harness_error row (tests that check those rows unset it).
 os.environ.setdefault("ATTNBENCH_STRICT", "1")
+
+# Sweeps in tests run inline unless a test asks for another executor (a worker process costs a
+# torch import); the executor tests pass --executor explicitly.
+os.environ.setdefault("ATTNBENCH_EXECUTOR", "inline")

@@ -163,7 +163,8 @@ def test_model_rerun_measures_nothing_new(tmp_path):
 
 
 def test_m_reaches_the_constructor_within_five_calls_of_the_command(tmp_path, scratch_registry):
-    """The budget travels: sweep command -> ... -> the method's constructor, at most five calls."""
+    """The budget travels: sweep command -> run_sweep -> run_points -> runner -> measure_point ->
+    registry.build -> the constructor: at most five calls in between."""
     import inspect
 
     from attnbench.cli import main
