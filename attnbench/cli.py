@@ -65,14 +65,12 @@ def check_device(device: str) -> str:
 def resolve_methods(spec: str | None, device: str) -> tuple[str, ...]:
     """Comma list of names, or every available method of the device's default sweep."""
     if spec is not None:
-        names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+        try:
+            names = registry.names_from_spec(spec)
+        except KeyError as exc:
+            raise BadInput(exc.args[0]) from None
         if not names:
             raise BadInput(f"--methods {spec!r} names no method; give names like anchor,vanilla-sdpa")
-        for name in names:
-            try:
-                registry.get_info(name)
-            except KeyError as exc:
-                raise BadInput(exc.args[0]) from None
         return names
     return tuple(m["name"] for m in registry.list_methods(device) if m["available"] and m["default_sweep"])
 

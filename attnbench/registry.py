@@ -133,6 +133,16 @@ def create(name: str, *, heads: int, head_dim: int, **params: Any) -> torch.nn.M
     return build(name, heads=heads, head_dim=head_dim, params=params)
 
 
+def names_from_spec(spec: str) -> tuple[str, ...]:
+    """'a, b,a' -> ('a', 'b'): registered names of a comma list, in order, without repeats.
+
+    KeyError (listing the known names) for an unknown one; an empty tuple when none is named."""
+    names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+    for name in names:
+        get_info(name)
+    return names
+
+
 def build(name: str, *, heads: int, head_dim: int, params: dict[str, Any] | None = None,
           m: int | None = None) -> torch.nn.Module:
     """Method ``name`` for one measured point: ``params`` over its defaults, and ``m`` (when given)

@@ -44,14 +44,12 @@ def run_capture_cmd(bad, model, weights, random_weights, seed, text, images, n, 
 def method_list(bad, spec: str) -> tuple[str, ...]:
     from attnbench import registry
 
-    names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+    try:
+        names = registry.names_from_spec(spec)
+    except KeyError as exc:
+        raise bad(exc.args[0]) from None
     if not names:
         raise bad("--attention is empty: give registered method names, e.g. vanilla-sdpa,anchor")
-    for name in names:
-        try:
-            registry.get_info(name)
-        except KeyError as exc:
-            raise bad(exc.args[0]) from None
     return names
 
 
