@@ -24,6 +24,7 @@ from attnbench.check.prepare import Measured
 from attnbench.check.stats import median_ci, speed_verdict
 from attnbench.check.suite import Settings, SuiteEntry
 from attnbench.check.verdict import Row, correctness_row
+from attnbench.measure.allocator import steady_env
 from attnbench.measure.error import error_metrics
 
 WORKER = Path(__file__).with_name("worker.py")
@@ -37,7 +38,8 @@ class Worker:
         self.log = log
         with open(log, "w") as err:
             self.proc = subprocess.Popen([sys.executable, "-c", BOOT, str(root), str(WORKER)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
+                                         stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
+                                         env=steady_env())  # both sides: one heap policy, whatever the revision
 
     def ask(self, message: dict[str, Any]) -> dict[str, Any]:
         self.proc.stdin.write(json.dumps(message) + "\n")

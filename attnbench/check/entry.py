@@ -15,6 +15,7 @@ from attnbench.check.processes import measure_for_baseline
 from attnbench.check.suite import DEFAULT_SUITES, Settings, entry_of, select_entries, update_suite
 from attnbench.check.revision import worktree
 from attnbench.check.verdict import compare, update_problems
+from attnbench.measure.allocator import steady_allocator
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ def settings_for_check(baseline: dict[str, Any], opts: CheckOptions, ab: bool) -
 def run_check(opts: CheckOptions, echo: Callable[[str], None]) -> int:
     """Measure the baseline's configurations, here against the baseline or side by side with a
     revision (``choose_mode``), and print the verdict table; 0 pass, 1 fail."""
+    steady_allocator()                 # the heap policy of every process that times (measure/allocator.py)
     baseline = load_baseline(opts.baseline)
     entries = select_entries((entry_of(c) for c in baseline["configs"]), opts.methods)
     if not entries:
@@ -102,6 +104,7 @@ def run_update(opts: CheckOptions, echo: Callable[[str], None], argv: list[str] 
         old = None
         echo(f"note: previous baseline not used: {exc}")
     s = settings_for_update(opts)
+    steady_allocator()
     items, wls = prepare_suite(update_suite(opts.device, opts.methods, opts.ns, opts.m), s)
     problems = update_problems(items)
     if problems:

@@ -9,6 +9,7 @@ from attnbench import registry
 from attnbench.check.prepare import Measured, prepare_suite
 from attnbench.check.suite import Settings, SuiteEntry
 from attnbench.check.timing import measure_speed
+from attnbench.measure.allocator import steady_allocator
 
 
 def remeasure(items: list[Measured], s: Settings, wls: dict[int, Any], plugins: tuple[str, ...]) -> str:
@@ -50,6 +51,7 @@ def measure_for_baseline(items: list[Measured], s: Settings, wls: dict[int, Any]
 
 def speed_samples(entries: list[SuiteEntry], s: Settings, plugins: tuple[str, ...]) -> dict[str, tuple[list, list]]:
     """Run in a fresh process: load the plugins, build the entries and time them."""
+    steady_allocator()
     for spec in plugins:
         registry.load_plugin(spec)
     items, wls = prepare_suite(entries, s)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .allocator import policy as allocator_policy
 from .telemetry import NvmlDevice, TelemetryUnavailable
 
 
@@ -103,6 +104,7 @@ def collect_env(device: str = "cpu", seed: int | None = None) -> dict[str, Any]:
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "allocator": allocator_policy(),   # the heap policy every timing process applies
     }
     if device == "cuda":
         env.update(nvml_info(index))

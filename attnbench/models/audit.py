@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from attnbench import registry, rows
+from attnbench.measure.allocator import steady_allocator
 from attnbench.measure.env import collect_env, device_label
 from attnbench.measure.flops import fvcore_count, torch_flops
 from attnbench.models.vit import ViT, count_params, vit_config
@@ -120,6 +121,7 @@ def run_models(cfgs: list[ModelConfig], out: Path, argv: list[str] | None = None
 
     Returns the rows of ``cfgs``: the new ones, and for configs measured before, the stored ones.
     """
+    steady_allocator()                       # the heap policy of every timing process
     done = measured_keys(out)
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     env = collect_env(cfgs[0].device if cfgs else "cpu", cfgs[0].seed if cfgs else None)

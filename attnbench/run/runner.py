@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from attnbench import registry
+from attnbench.measure.allocator import steady_allocator
 from attnbench.measure.error import ExactReference, exact_reference
 from attnbench.measure.roofline import roofline_columns
 from attnbench.point import HarnessFailure, measure_point, point_data, strict_harness
@@ -42,6 +43,7 @@ class PointRunner:
 
     def __init__(self, cfg: SweepConfig, peaks: dict[str, Any], where: dict[str, Any]) -> None:
         self.cfg, self.peaks, self.where = cfg, peaks, where
+        steady_allocator()                       # the same heap policy in every timing process
         self.n: tuple[int, Any] | None = None   # (n, layer) of the inputs held
         self.state: tuple[Any, Callable[[], ExactReference], Any] | None = None
         self.failure: dict[str, Any] | None = None    # status and message when the n's workload failed
