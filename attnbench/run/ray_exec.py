@@ -97,7 +97,7 @@ class RayPool:
             self._init(ray)
         self.remote_cls = ray.remote(max_restarts=0, max_concurrency=2)(PointActor)
         schedule = Schedule(todo)
-        actors = [self._start(ray, slot) for slot in self._slots(ray)[: len(todo)]]
+        actors = self._start_all(ray, self._slots(ray)[: len(todo)])
         try:
             while schedule or any(a.point for a in actors):
                 if not actors:
@@ -130,14 +130,19 @@ class RayPool:
         nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
         return [Slot(f"node{i}", {"num_cpus": 0}, node) for i, node in enumerate(nodes)]
 
-    def _start(self, ray, slot: Slot, wait_s: float | None = None) -> Actor:
+    def _start_all(self, ray, slots: list[Slot], wait_s: float | None = None) -> list[Actor]:
+        """Actors for ``slots``, all created before any is waited on: they start up together."""
+        handles = [self._launch(slot) for slot in slots]
+        wheres = ray.get([h.where.remote() for h in handles], timeout=wait_s)
+        return [Actor(slot, h, where) for slot, h, where in zip(slots, handles, wheres)]
+
+    def _launch(self, slot: Slot) -> Any:
         options = dict(slot.options)
         if slot.node:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(slot.node, soft=False)
-        handle = self.remote_cls.options(**options).remote(self.cfg, self.peaks)
-        return Actor(slot, handle, ray.get(handle.where.remote(), timeout=wait_s))
+        return self.remote_cls.options(**options).remote(self.cfg, self.peaks)
 
     def _feed(self, a: Actor, schedule: Schedule) -> None:
         if a.point is None and schedule:
@@ -201,7 +206,7 @@ class RayPool:
         if not a.slot.node and not _node_alive(ray, a.where.get("ray_node_id")):
             return []               # the cluster is smaller now: one actor fewer
         try:
-            return [self._start(ray, a.slot, wait_s=120)]
+            return self._start_all(ray, [a.slot], wait_s=120)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             return []               # its node or its resource is gone: the others go on
 
