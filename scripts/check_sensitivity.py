@@ -109,6 +109,7 @@ def cases(mode: str, clone: Path, tmp: Path, base: str, shas: dict[str, str], n:
             yield kind, shas[kind], ["--base", base], counts[kind]
         return
     stored = tmp / "stored.json"
+    sh(clone, "git", "checkout", "--quiet", "--detach", base)    # the baseline of the unchanged tree
     subprocess.run([sys.executable, "bench.py", "check", "--update", "--baseline", str(stored)], cwd=clone,
                    check=True, capture_output=True)
     yield "unchanged", base, ["--baseline", str(stored)], counts["unchanged"]
