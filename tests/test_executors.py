@@ -171,3 +171,15 @@ def test_parent_killed_at_random_moments_loses_no_written_row(tmp_path, executor
     final = read_rows(out / "rows.jsonl")
     assert (out / "rows.jsonl").read_bytes().startswith(seen)
     assert len(final) == len({rows.identity(r) for r in final}) == grid
+
+
+def test_a_worker_exit_leaks_no_semaphore(tmp_path):
+    """A lock made in a worker (its default start method is spawn, so the lock is a named
+    semaphore) is released when the worker exits: no resource-tracker warning for the user."""
+    done = subprocess.run([sys.executable, "bench.py", "sweep", "--plugin", str(PLUGINS / "lockholder.py"),
+                           "--methods", "lockholder", "--n", "16", "--executor", "process",
+                           "--out", str(tmp_path / "run")] + TINY,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert read_rows(tmp_path / "run" / "rows.jsonl")[0]["status"] == "ok"
+    assert "leaked semaphore" not in done.stderr, done.stderr[-500:]

@@ -78,10 +78,24 @@ def worker_main(conn: Connection, cfg: SweepConfig, peaks: dict[str, Any], slot:
         except EOFError:
             p = None
         if p is None:                    # done: skip the interpreter's slow teardown
-            sys.stderr.flush()
-            os._exit(0)
+            _exit_quietly()
         conn.send(("start", point_label(p)))
         conn.send(("row", runner.measure(p)))
+
+
+def _exit_quietly() -> None:
+    """Exit without the interpreter's teardown, after multiprocessing's own exit handler: a
+    spawned worker's default start method is spawn, so a lock or pool that compiled code made
+    (torch.compile's compile workers) holds a named semaphore, and skipping its finalizer made the
+    resource tracker warn of a leaked semaphore at the end of every sweep."""
+    from multiprocessing import util
+
+    try:
+        util._exit_function()
+    except Exception:
+        pass
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _redirect_stderr(path: str) -> None:
