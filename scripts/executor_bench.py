@@ -45,8 +45,10 @@ def sweep(out: Path, args: list[str], env: dict[str, str] | None = None) -> dict
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line.strip()]
     stamps = sorted(dt.datetime.fromisoformat(r["timestamp"]) for r in rows)
     bad = sum(r["status"] != "ok" for r in rows)
+    warnings = [ln.strip()[:160] for ln in done.stderr.splitlines() if "warn" in ln.lower()]
     return {"wall_s": round(wall, 1), "rows": len(rows), "not_ok": bad,
-            "span_s": (stamps[-1] - stamps[0]).total_seconds(), "load": f"{load0:.1f}-{os.getloadavg()[0]:.1f}"}
+            "span_s": (stamps[-1] - stamps[0]).total_seconds(), "load": f"{load0:.1f}-{os.getloadavg()[0]:.1f}",
+            **({"stderr_warnings": warnings} if warnings else {})}
 
 
 def overhead(a: argparse.Namespace, tmp: Path) -> None:
