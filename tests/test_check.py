@@ -130,7 +130,9 @@ def test_three_times_the_work_is_a_regression(mode, baseline, tmp_path, capsys, 
     assert v["vanilla-math n=48"] == v["vanilla-math n=80"] == "REGRESSION"
     assert "check FAILED: vanilla-math n=48 REGRESSION" in out
     assert "measured again in a fresh" in out
-    assert v["anchor n=48 m=6"] != "REGRESSION"
+    assert "anchor n=48 m=6" in v     # measured too; whether an untouched configuration is ever
+    # flagged is a question of noise, answered by the recorded benchmark (scripts/check_sensitivity.py,
+    # README "Sensitivity": 0 of 68 runs at the default settings), not by a timed test at 3 repetitions
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -3,11 +3,12 @@
 glibc's malloc serves a block above its mmap threshold with a fresh mmap and returns it on
 free, and it moves that threshold as the process frees large blocks. Whether an attention's
 score matrix (8 MiB for 6 heads at n = 576 in float32) is recycled from the heap or faulted
-in page by page on every call therefore depends on the process's history: on the 2-core
-development VM (AMD EPYC) fresh processes timing plain attention at n = 576 fell into two
-groups, 13-16 ms and 30-36 ms per call, and the fixed policy below removed the slow group
-(16 fresh processes, ``/proc/cpuinfo`` AMD EPYC, torch 2.13.0+cpu). A ratio of two processes'
-timings, which is what the speed gate compares, was then off by up to 2x on an unchanged tree.
+in page by page on every call therefore depends on the process's history.
+``python scripts/allocator_modes.py --processes 16`` on the 2-core development VM (AMD EPYC,
+torch 2.13.0+cpu, 2026-12-02): with the default heap 12 fresh processes timed plain attention
+at n = 576 at 12.7-17.1 ms per call and 4 at 30.7-42.9 ms; with the policy below all 16 took
+12.5-20.6 ms. A ratio of two processes' timings, which is what the speed gate compares, could
+be off by 3x on an unchanged tree.
 
 The policy: blocks up to ``MMAP_THRESHOLD`` come from the heap, and the heap is trimmed only
 above ``TRIM_THRESHOLD``. Setting either turns glibc's moving threshold off. It is applied at
