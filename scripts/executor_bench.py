@@ -8,9 +8,9 @@
 folders, and prints each run's wall time and the per-pair ratio process / inline.
 
 ``scaling`` runs a 64-point sweep of ``tests/plugins/sleepy.py`` (each call sleeps
-ATTNBENCH_SLEEPY_S, 1 s by default) with each worker count, and prints wall time, the span
-from the first to the last row written, and the speed-up and efficiency against the first
-count. With ``--ray-address`` the sweep joins a running cluster (started beforehand, e.g.
+ATTNBENCH_SLEEPY_S, 1 s by default; --min-run-time sets how many calls a point makes) with each
+worker count, and prints wall time, the span from the first to the last row written, and the
+speed-up and efficiency against the first count. With ``--ray-address`` the sweep joins a running cluster (started beforehand, e.g.
 ``ray start --head --resources '{"attnbench_timing": 4}'``), so Ray's own start-up is left out
 of the wall time; actor start-up stays in.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SLEEPY = ["--plugin", "tests/plugins/sleepy.py", "--methods", "sleepy", "--n", "16,24,32,40,48,56,64,72",
-          "--m", "1,2,3,4,5,6,7,8", "--heads", "2", "--head-dim", "8", "--min-run-time", "0.01", "--no-flops"]
+          "--m", "1,2,3,4,5,6,7,8", "--heads", "2", "--head-dim", "8", "--no-flops"]
 
 
 def sweep(out: Path, args: list[str], env: dict[str, str] | None = None) -> dict:
@@ -67,7 +67,8 @@ def scaling(a: argparse.Namespace, tmp: Path) -> None:
     extra = ["--executor", a.executor] + (["--ray-address", a.ray_address] if a.ray_address else [])
     first = None
     for w in (int(x) for x in a.workers.split(",")):
-        r = sweep(tmp / f"{a.executor}-{w}", [*SLEEPY, *extra, "--workers", str(w)], {"ATTNBENCH_SLEEPY_S": a.sleep})
+        r = sweep(tmp / f"{a.executor}-{w}", [*SLEEPY, "--min-run-time", a.min_run_time, *extra, "--workers", str(w)],
+                  {"ATTNBENCH_SLEEPY_S": a.sleep})
         first = first or (w, r)
         speed = first[1]["wall_s"] / r["wall_s"]
         span = first[1]["span_s"] / r["span_s"] if r["span_s"] else float("nan")
@@ -85,7 +86,8 @@ def main() -> None:
     s.add_argument("--executor", choices=("process", "ray"), default="process")
     s.add_argument("--workers", default="1,4")
     s.add_argument("--ray-address", default=None)
-    s.add_argument("--sleep", default="1")
+    s.add_argument("--sleep", default="1", help="seconds per call of the sleepy method")
+    s.add_argument("--min-run-time", default="0.01", help="seconds of timed calls per point (more: more calls)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="attnbench-exec-") as name:
         (overhead if a.what == "overhead" else scaling)(a, Path(name))
