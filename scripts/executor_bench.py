@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from attnbench.results import read_rows  # noqa: E402
 SLEEPY = ["--plugin", "tests/plugins/sleepy.py", "--methods", "sleepy", "--n", "16,24,32,40,48,56,64,72",
           "--m", "1,2,3,4,5,6,7,8", "--heads", "2", "--head-dim", "8", "--no-flops"]
 
@@ -42,7 +44,7 @@ def sweep(out: Path, args: list[str], env: dict[str, str] | None = None) -> dict
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"sweep failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
-    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rows(out / "rows.jsonl")
     stamps = sorted(dt.datetime.fromisoformat(r["timestamp"]) for r in rows)
     bad = sum(r["status"] != "ok" for r in rows)
     warnings = [ln.strip()[:160] for ln in done.stderr.splitlines() if "warn" in ln.lower()]

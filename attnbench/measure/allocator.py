@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 MMAP_THRESHOLD = 32 << 20        # glibc's largest allowed value on 64-bit (HEAP_MAX / 2)
@@ -28,6 +29,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3    # mallopt parameters (malloc.h)
 POLICY = f"glibc mmap_threshold={MMAP_THRESHOLD >> 20}MiB trim_threshold={TRIM_THRESHOLD >> 20}MiB"
 
 
+@functools.lru_cache(maxsize=None)
 def _libc():
     name = ctypes.util.find_library("c")
     if not name:

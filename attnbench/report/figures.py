@@ -210,23 +210,34 @@ def _series_line(ax, data: pd.DataFrame, series: str, x: str, y: str, dashes: di
             linestyle=dashes[_m_of(series)], label=series)
 
 
+def _family_panels(data: pd.DataFrame, title: str):
+    """(method of each series, line style per budget, panel layout, figure, axes) of a per-family figure."""
+    methods = dict(zip(data["series"], data["method"].astype(str)))
+    dashes = budget_dashes(_m_of(s) for s in methods)
+    layout = panels(data) or [("exact attention", [])]
+    fig, axes = _grid(len(layout), title)
+    return methods, dashes, layout, fig, axes
+
+
+def _log_n_axes(ax, data: pd.DataFrame, ylabel: str, family: str) -> None:
+    """Log-log axes over the measured n, titled by the family."""
+    ax.set(xscale="log", yscale="log", xlabel="tokens n", ylabel=ylabel, title=f"family: {family}")
+    ax.title.set_fontsize(8)
+    data_ticks(ax, data["n"])
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+
+
 def facet_vs_n(ok: pd.DataFrame, y: str, ylabel: str, title: str):
     """One log-log panel per approximate family (see ``panels``), the exact series in every panel;
     colour and marker by method, line style by budget m."""
     data = ok.copy()
     data[y] = pd.to_numeric(data[y], errors="coerce")
     data = data[data[y] > 0]
-    methods = dict(zip(data["series"], data["method"].astype(str)))
-    dashes = budget_dashes(_m_of(s) for s in methods)
-    layout = panels(data) or [("exact attention", [])]
-    fig, axes = _grid(len(layout), title)
+    methods, dashes, layout, fig, axes = _family_panels(data, title)
     for ax, (name, series) in zip(axes, layout):
         for s in exact_series(data) + series:
             _series_line(ax, data, s, "n", y, dashes, methods[s])
-        ax.set(xscale="log", yscale="log", xlabel="tokens n", ylabel=ylabel, title=f"family: {name}")
-        ax.title.set_fontsize(8)
-        data_ticks(ax, data["n"])
-        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        _log_n_axes(ax, data, ylabel, name)
         ax.legend(fontsize=6, loc="upper left", frameon=True, framealpha=0.85, handlelength=2.6, labelspacing=0.25)
     return fig
 
@@ -238,10 +249,7 @@ def macs_vs_n(ok: pd.DataFrame, title: str):
     for c in ("macs_analytic", "macs_fvcore", "macs_torch"):
         data[c] = pd.to_numeric(data[c], errors="coerce")
     data = data[data["macs_analytic"] > 0]
-    methods = dict(zip(data["series"], data["method"].astype(str)))
-    dashes = budget_dashes(_m_of(s) for s in methods)
-    layout = panels(data) or [("exact attention", [])]
-    fig, axes = _grid(len(layout), title)
+    methods, dashes, layout, fig, axes = _family_panels(data, title)
     for ax, (name, series) in zip(axes, layout):
         for s in exact_series(data) + series:
             _series_line(ax, data, s, "n", "macs_analytic", dashes, methods[s])
@@ -253,11 +261,7 @@ def macs_vs_n(ok: pd.DataFrame, title: str):
         handles, labels = ax.get_legend_handles_labels()
         handles += [Line2D([], [], color="0.3", lw=0, marker="x", markersize=4.5, label="fvcore"),
                     Line2D([], [], color="0.3", lw=0, marker="+", markersize=5.5, label="FlopCounterMode/2")]
-        ax.set(xscale="log", yscale="log", xlabel="tokens n", ylabel="forward MACs (multiply-adds)",
-               title=f"family: {name}")
-        ax.title.set_fontsize(8)
-        data_ticks(ax, data["n"])
-        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        _log_n_axes(ax, data, "forward MACs (multiply-adds)", name)
         ax.legend(handles=handles, fontsize=6, loc="upper left", framealpha=0.85, handlelength=2.6, labelspacing=0.25)
     return fig
 
