@@ -84,3 +84,14 @@ def test_every_relative_link_resolves(page):
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(f"{target} (no heading #{anchor})")
     assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+def test_the_readme_is_a_short_guide_that_keeps_the_two_commands():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    main_job, tests = re.findall(r"```bash\n(.*?)\n```", text, re.S)[:2]
+    venv = "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
+    assert main_job == venv + "pip install -e . && python bench.py sweep && python bench.py report"
+    assert tests == venv + 'pip install -e ".[test]" && python -m pytest -q'
+    # measurement logs (commit hashes, load averages, dated figures) live under results/, not here
+    assert not re.search(r"`[0-9a-f]{7,40}`|load average|\b20\d\d-\d\d-\d\d\b", text.split("## Measurements")[0])
