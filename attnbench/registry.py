@@ -175,3 +175,22 @@ def load_plugin(spec: str) -> None:
         raise
     except Exception as exc:  # any failure inside user code is reported in one line
         raise PluginError(f"plugin {spec!r} failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def markdown_table() -> str:
+    """The README's methods table: one line per built-in method (plugins left out)."""
+    head = ("name", "family", "budget", "needs grid", "uses query", "in the default sweep on",
+            "what it computes")
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for row in list_methods():
+        info = get_info(row["name"])
+        if not info.cls.__module__.startswith("attnbench.methods."):
+            continue
+        sweep = [d for d in info.devices if info.default_sweep is None or d in info.default_sweep]
+        cells = [f"`{info.name}`", info.family, f"`{info.budget}`" if info.budget else "–",
+                 "yes" if info.needs_grid else "no", "yes" if info.uses_query else "no",
+                 ", ".join(sweep) or "–",
+                 info.description.replace("|", "\\|")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+

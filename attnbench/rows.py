@@ -1,7 +1,7 @@
 """THE row: one typed definition of every field a rows.jsonl line may hold.
 
 The resume key of a sweep, the report's grouping and de-duplication, the model rows and the
-README's "What a row holds" table all derive from ``FIELDS`` here. A field is declared once,
+row table in docs/rows.md all derive from ``FIELDS`` here. A field is declared once,
 with its unit, its meaning, which kinds of row carry it and whether it is part of the row's
 identity (two rows with the same identity measured the same thing).
 """
@@ -33,7 +33,7 @@ class Field:
     doc: str
     kinds: tuple[str, ...] = ("attention",)
     key: bool = False            # part of the identity key of the kinds that carry it
-    group: str = ""              # README: fields sharing a group are described on one line
+    group: str = ""              # docs/rows.md: fields sharing a group are described on one line
 
     def accepts(self, value: Any) -> bool:
         """True for None or a value of the declared type (bool is not a number here)."""
@@ -241,7 +241,7 @@ def dedup(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
 
 
 def markdown_table() -> str:
-    """The README's "What a row holds" table: one line per field group."""
+    """The "What a row holds" table of docs/rows.md: one line per field group."""
     lines = ["| field | kinds | unit | meaning |", "|---|---|---|---|"]
     groups: dict[str, list[Field]] = {}
     for f in FIELDS:
@@ -258,5 +258,5 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":   # python -m attnbench.rows: the README's row table
+if __name__ == "__main__":   # python -m attnbench.rows: the row table of docs/rows.md
     print(markdown_table())

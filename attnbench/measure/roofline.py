@@ -1,7 +1,7 @@
 """Roofline columns: compulsory bytes, achieved GB/s and TFLOP/s, and their fractions of the
 device's measured copy bandwidth and matmul throughput.
 
-Conventions (also in the README):
+Conventions (also in docs/kernels.md, "Roofline columns"):
 
 * ``bytes_min``: every input read once plus every output written once, in the row's dtype;
   nothing else. Forward: q (only for methods that use the queries; ``uses_query=False``
