@@ -41,7 +41,7 @@ FUSED_METHODS = ("fused-anchor", "vanilla-sdpa", "anchor", "anchor-compiled")  #
 PACKAGES = ("xformers", "fvcore", "triton")
 FILE_LIMIT = 16 * 2**20      # one returned file
 RESERVE_S = 3.0              # kept back for packing the outputs at the end
-MIN_STEP_S = 2.0             # a step offered less than this is not started
+MIN_STEP_S = 2.0             # a step whose share is less than this is not started
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def run_step(step: Step, log_dir: Path, echo: Callable[[str], None], timeout_s: 
     start = time.perf_counter()
     log = log_dir / f"{step.name}.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=os.setpgrp)
         try:
             step.rc, step.state = proc.wait(timeout=timeout_s), "ran"
         except subprocess.TimeoutExpired:
@@ -183,7 +183,7 @@ def sweep_argv(device: str, shp: Shapes, rows: Path, ns: str, methods: list[str]
 
 def plan(device: str, shp: Shapes, work: Path, out: Path) -> list[Step]:
     """The steps in order of value, each with its weight in the share of the time left."""
-    logs, sweep = work / "logs", work / "sweep"
+    sweep = work / "sweep"
     backends = ("--param", "vanilla-sdpa.backend=flash,efficient,cudnn" if device == "cuda"
                 else "vanilla-sdpa.backend=math")
     fused = list(FUSED_METHODS)
@@ -226,6 +226,10 @@ def plan(device: str, shp: Shapes, work: Path, out: Path) -> list[Step]:
         Step("g-profile-fused-anchor", profile("fused-anchor"), w[7], "profile of fused-anchor"),
         Step("g-profile-vanilla-sdpa", profile("vanilla-sdpa"), w[8], "profile of vanilla-sdpa"),
     ]
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_step, which kills the running step's group
 
 
 class Deadline:
@@ -285,20 +289,24 @@ def run_selftest(device: str, out: Path, echo: Callable[[str], None], budget_s: 
         shutil.copy2(install[0], work / "logs" / "install.log")
         done.append(inst)
     echo(f"[selftest] {len(steps)} steps within {budget_s:.0f} s; working in {work}")
+    previous = signal.signal(signal.SIGTERM, _terminated)  # a kill by timeout still leaves a final page
     try:
         for i, step in enumerate(steps):
             write_outputs(device, shp, budget_s, done + steps, work, out, final=False)
             left = deadline.left() - RESERVE_S
-            if left < MIN_STEP_S:
-                step.state = f"not reached (budget spent: {max(0.0, deadline.left()):.0f} s left)"
+            share = share_of(steps, i, left) if left > 0 else 0.0
+            if share < MIN_STEP_S:
+                step.state = (f"not reached (budget spent: {max(0.0, deadline.left()):.0f} s left, "
+                              f"a share of {max(0.0, share):.1f} s)")
                 echo(f"[selftest] {step.name}: {step.state}")
                 continue
-            step.share_s = share_of(steps, i, left)
+            step.share_s = share
             if step.name == "e-check":
                 run_check(step, device, work, out, deadline, echo)
             else:
                 run_step(step, work / "logs", echo, step.share_s)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         write_outputs(device, shp, budget_s, done + steps, work, out, final=True)
         shutil.rmtree(work, ignore_errors=True)
     echo(f"[selftest] summary: {out / 'summary.md'}")

@@ -28,10 +28,13 @@ def test_failing_step_is_recorded_and_fails_the_page(tmp_path):
     bad = selftest.run_step(selftest.Step("bad", [sys.executable, "-c", "import sys; print('last words'); sys.exit(3)"]),
                             tmp_path, lambda s: None)
     good = selftest.run_step(selftest.Step("good", [sys.executable, "-c", "print('fine')"]), tmp_path, lambda s: None)
+    slow = selftest.run_step(selftest.Step("slow", [sys.executable, "-c", "import time; time.sleep(30)"]), tmp_path,
+                             lambda s: None, timeout_s=1.0)
+    assert (slow.state, slow.rc, slow.ok) == ("timed out", 124, False) and slow.seconds < 10
     assert (bad.rc, bad.tail, bad.ok) == (3, "last words", False) and good.ok
     assert (tmp_path / "bad.log").read_text().strip() == "last words"
     page = selftest.summary_page("cpu", selftest.SHAPES["cpu"], [bad, good], [])
-    assert page.startswith("# selftest on cpu: FAILED") and "| bad | FAILED (exit 3)" in page
+    assert page.startswith("# selftest on cpu: FAILED") and "| bad |  | FAILED (exit 3)" in page
     assert selftest.summary_page("cpu", selftest.SHAPES["cpu"], [good], []).startswith("# selftest on cpu: PASSED")
 
 
