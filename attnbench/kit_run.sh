@@ -42,7 +42,8 @@ log=$(mktemp "${TMPDIR:-/tmp}/attnbench-install.XXXXXX")
 export PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1
 unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_CONSTRAINT PIP_REQUIRE_VIRTUALENV
 pipi() { "$py" -m pip install --no-index --find-links "$kit" --no-cache-dir --no-compile "$@" >>"$log" 2>&1; }
-if ! { pipi "setuptools>=61" wheel pytest && pipi --no-build-isolation -e .; }; then
+have_tools='import sys, setuptools, pytest; sys.exit(int(setuptools.__version__.split(".")[0]) < 61)'
+if ! { { "$py" -c "$have_tools" 2>/dev/null || pipi "setuptools>=61" wheel pytest; } && pipi --no-build-isolation -e .; }; then
   die "installing from $kit failed: $(grep -v '^\s*$' "$log" | tail -1) (full log: $log)"
 fi
 now=$(date +%s.%N)

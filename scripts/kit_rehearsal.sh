@@ -21,7 +21,7 @@ python3 -m venv "$work/venv"
 echo "rehearsal: kit and environment ready in $(( $(date +%s) - t0 )) s"
 start=$(date +%s.%N)
 set +e
-(cd "$work/checkout" && PATH="$work/venv/bin:$PATH" OUT="$work/out" bash "$work/kit/run.sh" --device cpu --budget "$budget")
+(cd "$work/checkout" && env -u PYTHONPATH PATH="$work/venv/bin:$PATH" OUT="$work/out" bash "$work/kit/run.sh" --device cpu --budget "$budget")
 rc=$?
 set -e
 took=$(awk -v s="$start" -v n="$(date +%s.%N)" 'BEGIN { printf "%.1f", n - s }')

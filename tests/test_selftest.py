@@ -41,3 +41,12 @@ def test_failing_step_is_recorded_and_fails_the_page(tmp_path):
 def test_selftest_bad_device_is_one_line(capsys):
     assert main(["selftest", "--device", "tpu"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_fused_table_takes_forward_rows_at_m30_and_the_fastest_backend():
+    rows = [dict(row("fused-anchor", 1024, 2.0), m=30, mode="fwd"), dict(row("fused-anchor", 1024, 1.0), m=10, mode="fwd"),
+            dict(row("fused-anchor", 1024, 9.0), m=30, mode="fwdbwd"),
+            dict(row("vanilla-sdpa", 1024, 4.0), mode="fwd"), dict(row("vanilla-sdpa", 1024, 3.0), mode="fwd"),
+            dict(row("vanilla-sdpa", 1024, None, "error", message="no kernel"), mode="fwd")]
+    cells = [c.strip() for c in selftest.fused_table(rows)[2].strip("|").split("|")]
+    assert cells[1] == "2" and cells[5] == "1.50"      # fused at m=30 fwd; sdpa's fastest ok backend 3/2
