@@ -442,15 +442,36 @@ def kernels_cmd(archs, dtype, everything, pruned, fmt, names, modules, jobs, out
 
 @cli.command("selftest")
 @click.option("--device", default=None, help="cpu or cuda (default: best present).")
+@click.option("--budget", default="300", show_default=True, help="Seconds for the whole run (a hard deadline).")
 @click.option("--out", default=None, help="Output folder (default results/selftest-<device>).")
-def selftest_cmd(device, out) -> None:
-    """Validate this machine: GPU-only tests, a sweep, check, profiles, one summary page (exit 1 on a failed step)."""
+@click.option("--install-log", default=None, hidden=True, help="run.sh: log of the install that came first.")
+@click.option("--install-seconds", default=0.0, type=float, hidden=True, help="run.sh: how long it took.")
+@click.option("--started", default=None, type=float, hidden=True, help="run.sh: when the budget began (epoch s).")
+def selftest_cmd(device, budget, out, install_log, install_seconds, started) -> None:
+    """Validate this machine within a budget: code paths, fused-anchor table, CUDA tests, every method,
+    check, kernels, profiles; one summary page (exit 1 on a failed step)."""
+    from attnbench.kit import parse_budget
     from attnbench.selftest import run_selftest
 
+    seconds = parse_budget(budget, BadInput)
     device = check_device(device or best_device())
-    code = run_selftest(device, Path(out or f"results/selftest-{device}"), click.echo)
+    install = (Path(install_log), install_seconds) if install_log else None
+    code = run_selftest(device, Path(out or f"results/selftest-{device}"), click.echo, seconds, install,
+                        started)
     if code:
         raise click.exceptions.Exit(code)
+
+
+@cli.command("kit")
+@click.option("--out", default=".kit", show_default=True, help="Folder of wheels and run.sh to build or refresh.")
+def kit_cmd(out) -> None:
+    """Wheels and run.sh for a GPU lease on an offline machine (`bash OUT/run.sh --help`)."""
+    from attnbench.kit import KitError, build_kit
+
+    try:
+        build_kit(Path(out), click.echo)
+    except KitError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,13 +220,18 @@ def point_data(cfg: SweepConfig, wl: Workload, n: int, ref: Callable[[], ExactRe
 
 
 def _memory_guard(cfg: SweepConfig, module, n: int) -> str | None:
-    if cfg.device != "cpu":
+    """Why a point is not tried: its scratch bound exceeds a share of the free RAM (CPU) or of the
+    free device memory (CUDA, torch.cuda.mem_get_info); None when it may fit."""
+    if cfg.device == "cpu":
+        free, where = available_ram_bytes(), "free RAM"
+    elif cfg.device == "cuda" and torch.cuda.is_available():
+        free, where = torch.cuda.mem_get_info()[0], "free device memory"
+    else:
         return None
     need = module.workspace_bytes(cfg.batch, n, torch.tensor([], dtype=DTYPES[cfg.dtype]).element_size())
-    free = available_ram_bytes()
     if need and free and need > cfg.memory_guard * free:
         return (f"not run: its scratch memory (about {need / 2**30:.1f} GiB by its workspace_bytes bound) "
-                f"exceeds {cfg.memory_guard:.0%} of the {free / 2**30:.1f} GiB of free RAM")
+                f"exceeds {cfg.memory_guard:.0%} of the {free / 2**30:.1f} GiB of {where}")
     return None
 
 

@@ -40,7 +40,7 @@ class SweepConfig:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     timing: TimingConfig = TimingConfig()
     count_flops: bool = True
-    memory_guard: float = 0.8  # skip CPU runs whose scratch estimate exceeds this share of free RAM
+    memory_guard: float = 0.8  # skip points whose scratch estimate exceeds this share of free RAM / device memory
     fit: str = "none"          # none | closed | distill (attnbench.fit), on the workload's 'fit' split
     fit_iters: int = 20        # closed: fixed-point iterations
     fit_steps: int = 200       # distill: Adam steps

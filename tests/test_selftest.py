@@ -28,13 +28,25 @@ def test_failing_step_is_recorded_and_fails_the_page(tmp_path):
     bad = selftest.run_step(selftest.Step("bad", [sys.executable, "-c", "import sys; print('last words'); sys.exit(3)"]),
                             tmp_path, lambda s: None)
     good = selftest.run_step(selftest.Step("good", [sys.executable, "-c", "print('fine')"]), tmp_path, lambda s: None)
+    slow = selftest.run_step(selftest.Step("slow", [sys.executable, "-c", "import time; time.sleep(30)"]), tmp_path,
+                             lambda s: None, timeout_s=1.0)
+    assert (slow.state, slow.rc, slow.ok) == ("timed out", 124, False) and slow.seconds < 10
     assert (bad.rc, bad.tail, bad.ok) == (3, "last words", False) and good.ok
     assert (tmp_path / "bad.log").read_text().strip() == "last words"
     page = selftest.summary_page("cpu", selftest.SHAPES["cpu"], [bad, good], [])
-    assert page.startswith("# selftest on cpu: FAILED") and "| bad | FAILED (exit 3)" in page
+    assert page.startswith("# selftest on cpu: FAILED") and "| bad |  | FAILED (exit 3)" in page
     assert selftest.summary_page("cpu", selftest.SHAPES["cpu"], [good], []).startswith("# selftest on cpu: PASSED")
 
 
 def test_selftest_bad_device_is_one_line(capsys):
     assert main(["selftest", "--device", "tpu"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_fused_table_takes_forward_rows_at_m30_and_the_fastest_backend():
+    rows = [dict(row("fused-anchor", 1024, 2.0), m=30, mode="fwd"), dict(row("fused-anchor", 1024, 1.0), m=10, mode="fwd"),
+            dict(row("fused-anchor", 1024, 9.0), m=30, mode="fwdbwd"),
+            dict(row("vanilla-sdpa", 1024, 4.0), mode="fwd"), dict(row("vanilla-sdpa", 1024, 3.0), mode="fwd"),
+            dict(row("vanilla-sdpa", 1024, None, "error", message="no kernel"), mode="fwd")]
+    cells = [c.strip() for c in selftest.fused_table(rows)[2].strip("|").split("|")]
+    assert cells[1] == "2" and cells[5] == "1.50"      # fused at m=30 fwd; sdpa's fastest ok backend 3/2
