@@ -328,7 +328,7 @@ def report_cmd(runs, out, at_n, fit_points) -> None:
     run_report(runs, out, at_n, fit_points, BadInput)
 
 
-from attnbench.compare_cli import compare_cmd, export_cmd  # noqa: E402
+from attnbench.compare_cli import compare_cmd, export_cmd
 
 cli.add_command(compare_cmd)
 cli.add_command(export_cmd)

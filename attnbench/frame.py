@@ -10,6 +10,7 @@ holds every value. ``source`` names the run folder a row came from.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -65,7 +66,7 @@ def _text(value: Any) -> Any:
 
 def _infer(values: list[Any]) -> str:
     """The dtype of a column outside the schema: boolean, Int64, float64 or string."""
-    present = [v for v in values if v is not None and not (isinstance(v, float) and v != v)]
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if present and all(isinstance(v, bool) for v in present):
         return "boolean"
     if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):

@@ -116,7 +116,7 @@ def test_one_sided_rows_are_listed(tmp_path, capsys):
     a = base_rows()
     b = [r for r in copy.deepcopy(a) if not (r["method"] == "window" and r["n"] == 4096)]
     b.append(attention_row("anchor", 256, 0.1, m=30))
-    code, out, err = run(["compare", str(write_run(tmp_path / "a", a)), str(write_run(tmp_path / "b", b)),
+    code, _, err = run(["compare", str(write_run(tmp_path / "a", a)), str(write_run(tmp_path / "b", b)),
                           "--out", str(tmp_path / "o")], capsys)
     assert code == 0, err
     one = pd.read_csv(tmp_path / "o" / "one_sided.csv")
@@ -183,7 +183,7 @@ def test_load_frame_keeps_the_last_row_of_a_point(tmp_path):
 def test_export_csv_reads_back_to_the_same_frame(sweep, tmp_path, capsys):
     import attnbench
 
-    code, out, err = run(["export", str(sweep), "--format", "csv", "--out", str(tmp_path / "rows.csv")], capsys)
+    code, _, err = run(["export", str(sweep), "--format", "csv", "--out", str(tmp_path / "rows.csv")], capsys)
     assert code == 0, err
     frame = attnbench.load_frame(sweep)
     back = pd.read_csv(tmp_path / "rows.csv", dtype=frame.dtypes.to_dict())
