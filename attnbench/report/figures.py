@@ -423,6 +423,6 @@ def roofline(ok: pd.DataFrame, title: str):
         ax.annotate(f"copy {bw:.3g} GB/s, matmul {peak:.3g} TFLOP/s", (xs[-1], peak), xytext=(-2, 3),
                     textcoords="offset points", ha="right", va="bottom", fontsize=6.5, color="0.3")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs per compulsory byte)",
-           ylabel="achieved TFLOP/s (fwd+bwd = 3 × fwd)")
+           ylabel="achieved TFLOP/s (2 × MACs; fwd+bwd = 3 × fwd)")
     ax.legend(fontsize=6.5, loc="lower right", framealpha=0.85)
     return fig
