@@ -328,6 +328,12 @@ def report_cmd(runs, out, at_n, fit_points) -> None:
     run_report(runs, out, at_n, fit_points, BadInput)
 
 
+from attnbench.compare_cli import compare_cmd, export_cmd
+
+cli.add_command(compare_cmd)
+cli.add_command(export_cmd)
+
+
 @cli.command("check")
 @plugin_option
 @click.option("--baseline", "baseline_path", default=None,

@@ -15,7 +15,8 @@ from attnbench.report.claims import claims_table, load_paper
 from attnbench.report.load import load_runs, normalise
 
 NS = (256, 512, 1024, 2048, 4096)
-ENV = {"device_name": "Test CPU", "torch": "0.0", "git_commit": "abc123", "python": "3.x"}
+ENV = {"device_name": "Test CPU", "torch": "0.0", "git_commit": "abc123", "python": "3.x",
+       "roofline": {"copy_gbps": 20.0, "matmul_tflops": 0.5}}
 
 
 def attention_row(method, n, latency, m=None, status="ok", message=None, device="cpu", **extra):
@@ -28,7 +29,9 @@ def attention_row(method, n, latency, m=None, status="ok", message=None, device=
     if status == "ok":
         row.update(latency_ms=latency, latency_p20_ms=latency * 0.95, latency_p80_ms=latency * 1.05,
                    peak_mem_bytes=n * (m or n) * 24, macs_analytic=macs, macs_fvcore=macs, flops_torch=2 * macs,
-                   err_rel_fro=0.0 if m is None else 1.0 / m, err_cos_mean=1.0 - (0 if m is None else 0.1 / m))
+                   err_rel_fro=0.0 if m is None else 1.0 / m, err_cos_mean=1.0 - (0 if m is None else 0.1 / m),
+                   bytes_min=4 * 6 * n * 64 * 4, achieved_gbps=4 * 6 * n * 64 * 4 / latency / 1e6,
+                   achieved_tflops=2 * macs / latency / 1e9)
     return {**row, **extra}
 
 
@@ -72,7 +75,8 @@ def run_cli(args, capsys):
     return code, cap.out, cap.err
 
 
-FIGURES = ("latency_vs_n", "memory_vs_n", "macs_vs_n", "error_vs_m", "pareto", "speedup_heatmap", "energy_vs_n")
+FIGURES = ("latency_vs_n", "memory_vs_n", "macs_vs_n", "error_vs_m", "pareto", "speedup_heatmap", "energy_vs_n",
+           "roofline")
 TABLES = ("provenance", "measurements", "scaling", "ablation_m", "table1", "energy", "models", "claims", "failed")
 
 
@@ -360,3 +364,23 @@ def test_every_link_has_a_target(built):
     assert hrefs and hrefs <= ids
     assert all(h.startswith("row-") for h in hrefs)
     assert "<script>" in html and "sortable" in html and "http" not in html.split("<script>")[1]
+
+
+def test_mfu_column_and_flash_attention_basis(built):
+    _, (out, _) = built
+    measured = pd.read_csv(out / "tables" / "measurements.csv")
+    rows = {(r["method"], r["m"] or -1, r["n"]): r for r in synthetic_rows() if r["status"] == "ok" and "kind" not in r}
+    want = [rows[(s.split(" ")[0], -1 if pd.isna(m) else m, n)]["achieved_tflops"] / ENV["roofline"]["matmul_tflops"]
+            for s, m, n in zip(measured["series"], measured["m"], measured["n"])]
+    assert list(measured["mfu"]) == pytest.approx(want, rel=1e-3)
+    assert list(measured["achieved_tflops_fa"]) == pytest.approx(list(measured["achieved_tflops"]), rel=1e-3)  # fwd
+
+
+def test_flash_attention_basis_counts_the_backward_as_2_5_forwards():
+    macs, latency_ms = 6 * 1024 * 1024 * 64, 2.0
+    row = attention_row("vanilla-sdpa", 1024, latency_ms, mode="fwdbwd")
+    row["achieved_tflops"] = 3 * 2 * macs / (latency_ms * 1e-3) / 1e12          # the rows' basis: bwd = 2 fwd
+    ok = T.ok_attention(normalise(pd.DataFrame([row])))
+    assert ok["achieved_tflops_fa"].iloc[0] == pytest.approx(3.5 * 2 * macs / (latency_ms * 1e-3) / 1e12)
+    assert ok["mfu_fa"].iloc[0] == pytest.approx(ok["achieved_tflops_fa"].iloc[0] / 0.5)
+    assert ok["mfu"].iloc[0] == pytest.approx(row["achieved_tflops"] / 0.5)

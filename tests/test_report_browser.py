@@ -64,3 +64,41 @@ def test_clicking_a_header_sorts_the_table(page):
     names = B.column(driver, table, col)
     assert names == sorted(names)
     driver.execute_script("window.scrollTo(0, 0);")
+
+
+@pytest.fixture(scope="module")
+def compare_page(tmp_path_factory):
+    """compare.html of two hand-made runs: B is twice as fast except window at its largest n."""
+    import copy
+
+    base = tmp_path_factory.mktemp("browser-compare")
+    a = [r for r in synthetic_rows() if r.get("kind") != "model" and r["status"] == "ok"]
+    b = copy.deepcopy(a)
+    for r in b:
+        f = 2.0 if r["method"] == "anchor" and r["n"] == max(x["n"] for x in a) else 0.5
+        r.update(dtype="bfloat16", latency_ms=r["latency_ms"] * f, latency_p20_ms=r["latency_p20_ms"] * f,
+                 latency_p80_ms=r["latency_p80_ms"] * f)
+    assert main(["compare", str(write_run(base / "a", a)), str(write_run(base / "b", b)), "--out",
+                 str(base / "out")]) == 0
+    with B.headless() as driver:
+        B.open_page(driver, base / "out" / "compare.html")
+        yield driver, base / "out"
+
+
+def test_compare_page_figures_load_and_verdict_opens_it(compare_page):
+    driver, out = compare_page
+    shown = B.images(driver)
+    assert len(shown) == len(list((out / "figures").glob("*.png"))) > 0
+    assert all(done and w > 0 and h > 0 for done, w, h in shown), shown
+    assert "faster on" in driver.find_element("css selector", "h2#verdict + p").text
+    got = B.box(driver, "div.verdict")
+    assert got is not None and got["scroll_y"] == 0 and 0 <= got["top"] < got["bottom"] <= got["height"], got
+
+
+def test_compare_pairs_table_sorts_by_ratio(compare_page):
+    driver, _ = compare_page
+    table = "table[data-name='pairs']"
+    col = B.click_header(driver, table, "B/A")
+    up = [float(x) for x in B.column(driver, table, col)]
+    assert up == sorted(up) and up[0] < 1 < up[-1]
+    driver.execute_script("window.scrollTo(0, 0);")

@@ -11,6 +11,8 @@ Conventions (also in docs/kernels.md, "Roofline columns"):
 * ``achieved_gbps`` = bytes_min / latency (1 GB = 1e9 bytes); ``achieved_tflops`` =
   2 · macs_analytic / latency for the forward; forward+backward rows use 3 · macs_analytic
   (backward ≈ 2 × forward, the usual convention) and say so in ``roofline_flops_basis``.
+  FlashAttention's benchmarks count the backward as 2.5 × forward: ``tflops_on_basis`` gives a
+  row's figure on that basis (the report's ``achieved_tflops_fa`` and ``mfu_fa`` columns).
 * Peaks, measured once per process and per (device, dtype) and stored in ``env["roofline"]``:
   copy bandwidth = 2 · buffer bytes / time of one device-to-device copy (bytes read + bytes
   written, like bytes_min) and matmul throughput = 2·n³ / time of an n×n matmul in the row's
@@ -71,6 +73,35 @@ def roofline_columns(row: dict[str, Any], uses_query: bool, peaks: dict[str, Any
     if peaks.get("matmul_tflops"):
         out["frac_matmul_peak"] = out["achieved_tflops"] / peaks["matmul_tflops"]
     return out
+
+
+# Forward+backward FLOPs as a multiple of the forward's, per counting convention. attnbench's rows
+# (``achieved_tflops``) count the backward as 2 x the forward; FlashAttention's benchmarks count it
+# as 2.5 x (their ``flops(..., mode="bwd")``), so its fwd+bwd figures are 3.5 / 3 times larger.
+FLOPS_BASES = {"attnbench": 3.0, "flash-attn": 3.5}
+
+
+def tflops_on_basis(achieved_tflops: float | None, mode: str | None, basis: str) -> float | None:
+    """A row's ``achieved_tflops`` (attnbench's basis) counted on ``basis``; forward rows are equal."""
+    if achieved_tflops is None:
+        return None
+    if mode != "fwdbwd":
+        return achieved_tflops
+    return achieved_tflops * FLOPS_BASES[basis] / FLOPS_BASES["attnbench"]
+
+
+def mfu(achieved_tflops: float | None, matmul_tflops: float | None) -> float | None:
+    """Achieved TFLOP/s over the device's measured matmul TFLOP/s (env.roofline), or None."""
+    if achieved_tflops is None or not matmul_tflops:
+        return None
+    return achieved_tflops / matmul_tflops
+
+
+def arithmetic_intensity(achieved_tflops: float | None, achieved_gbps: float | None) -> float | None:
+    """FLOPs per compulsory byte: (FLOP/s) / (byte/s) of the same call."""
+    if achieved_tflops is None or not achieved_gbps:
+        return None
+    return achieved_tflops * 1e12 / (achieved_gbps * 1e9)
 
 
 def _cuda_best_ms(fn: Callable[[], Any], reps: int = 10) -> float:

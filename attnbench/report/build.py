@@ -91,6 +91,12 @@ def figures_section(ctx: Context, label: str, ok: pd.DataFrame, suffix: str) -> 
     if "energy_j_per_call" in T.optional_columns(ok):
         add_figure(ctx, ok, ("energy_j_per_call",), f"energy_vs_n{suffix}", "Energy per call vs n",
                    lambda: F.facet_vs_n(ok, "energy_j_per_call", "energy per call (J)", label), label)
+    if not lacking(ok, ("matmul_peak_tflops", "copy_peak_gbps", "achieved_tflops")):
+        add_figure(ctx, ok, ("achieved_gbps",), f"roofline{suffix}", "Roofline: achieved TFLOP/s vs arithmetic "
+                   "intensity (FLOPs per compulsory byte); the roof is the device's measured copy bandwidth and "
+                   "matmul throughput (env.roofline)", lambda: F.roofline(ok, label), label)
+    else:
+        ctx.page.add("p", "Roofline: not drawn, the rows carry no measured device peaks (env.roofline).")
     bud = ok[ok["m"].notna()]
     if bud.empty:
         ctx.page.add("p", "Error vs m: no budgeted method in this group.")

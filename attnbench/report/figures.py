@@ -398,3 +398,31 @@ def speedup_heatmap(ok: pd.DataFrame, reference: str, title: str):
                     cbar_kws={"label": f"log2 speedup vs {reference}"}, annot_kws={"fontsize": 7})
     ax.set(xlabel="tokens n", ylabel="")
     return fig
+
+
+def roofline(ok: pd.DataFrame, title: str):
+    """Achieved TFLOP/s against arithmetic intensity (FLOPs per compulsory byte), log-log, colour and
+    marker by method; the roof of each measured peak pair: min(copy GB/s × intensity, matmul TFLOP/s)."""
+    data = ok.copy()
+    for c in ("achieved_tflops", "achieved_gbps", "copy_peak_gbps", "matmul_peak_tflops"):
+        data[c] = pd.to_numeric(data[c], errors="coerce")
+    data = data[(data["achieved_tflops"] > 0) & (data["achieved_gbps"] > 0)]
+    data["intensity"] = data["achieved_tflops"] * 1e3 / data["achieved_gbps"]
+    fig, ax = _axes(title, figsize=(7.5, 4.6))
+    for method, part in data.groupby("method", sort=True):
+        colour, marker = method_style(str(method))
+        ax.scatter(part["intensity"], part["achieved_tflops"], color=colour, marker=marker, s=26,
+                   edgecolor="white", linewidth=0.4, label=str(method))
+    peaks = data[["copy_peak_gbps", "matmul_peak_tflops"]].dropna().drop_duplicates()
+    lo = min(float(data["intensity"].min()), 1.0) / 2 if len(data) else 0.1
+    hi = max(float(data["intensity"].max()), 1.0) * 2 if len(data) else 100.0
+    for bw, peak in peaks.itertuples(index=False):
+        ridge = peak * 1e3 / bw
+        xs = np.array([lo, min(max(ridge, lo), hi), hi])
+        ax.plot(xs, np.minimum(bw * xs / 1e3, peak), color="0.2", lw=1.1, zorder=0)
+        ax.annotate(f"copy {bw:.3g} GB/s, matmul {peak:.3g} TFLOP/s", (xs[-1], peak), xytext=(-2, 3),
+                    textcoords="offset points", ha="right", va="bottom", fontsize=6.5, color="0.3")
+    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs per compulsory byte)",
+           ylabel="achieved TFLOP/s (2 × MACs; fwd+bwd = 3 × fwd)")
+    ax.legend(fontsize=6.5, loc="lower right", framealpha=0.85)
+    return fig

@@ -151,9 +151,9 @@ document.querySelectorAll('table.sortable th').forEach(function (th) {
 """
 
 
-def to_html(page: Page, figures: Path) -> str:
+def to_html(page: Page, figures: Path, title: str = "attnbench report") -> str:
     """One page; figures are embedded as base64 PNG so the file stands alone."""
-    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>attnbench report</title>"
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{STYLE}</style></head><body>"]
     for b in page.blocks:
         if b.kind in ("h1", "h2", "h3"):

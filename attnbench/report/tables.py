@@ -10,12 +10,13 @@ import re
 
 import pandas as pd
 
+from attnbench.measure.roofline import mfu, tflops_on_basis
 from attnbench.report.load import GROUP_FIELDS
 from attnbench.report.stats import crossover, fit_exponent, mac_range
 
 REFERENCE = "vanilla-sdpa"
 NAMED_OPTIONAL = ("err_skill", "attn_kl_mean", "attn_tv_mean", "fit_time_s", "energy_j_per_call",
-                  "achieved_gbps", "achieved_tflops", "kernel_efficiency")
+                  "achieved_gbps", "achieved_tflops", "mfu", "achieved_tflops_fa", "mfu_fa", "kernel_efficiency")
 TELEMETRY = re.compile(r"^(gpu_.*|.*_(w|mhz|watts|clock))$")
 BASE_COLUMNS = ("latency_ms", "latency_p20_ms", "latency_p80_ms", "peak_mem_mib", "macs_analytic",
                 "macs_fvcore", "macs_torch", "err_rel_fro", "err_cos_mean")
@@ -36,8 +37,32 @@ def add_series(df: pd.DataFrame) -> pd.DataFrame:
 def ok_attention(df: pd.DataFrame) -> pd.DataFrame:
     """ok attention rows with derived columns (duplicates were dropped by identity on loading)."""
     ok = derive(add_series(df[(df["kind"] == "attention") & (df["status"] == "ok")]))
-    ok = ok.assign(kernel_efficiency=kernel_efficiency(ok))
+    ok = ok.assign(kernel_efficiency=kernel_efficiency(ok), **throughput(ok))
     return ok.sort_values(list(GROUP_FIELDS) + ["series", "n"], key=_sort_key, kind="stable")
+
+
+def _peak(env, key):
+    roof = env.get("roofline") if isinstance(env, dict) else None
+    return roof.get(key) if isinstance(roof, dict) else None
+
+
+def _num(value) -> float | None:
+    value = pd.to_numeric(value, errors="coerce")
+    return None if pd.isna(value) else float(value)
+
+
+def throughput(ok: pd.DataFrame) -> dict[str, pd.Series]:
+    """``matmul_peak_tflops`` and ``copy_peak_gbps`` (env.roofline), ``mfu`` (achieved TFLOP/s over the
+    measured matmul peak, fwd+bwd = 3 x fwd) and FlashAttention's basis beside it (fwd+bwd = 3.5 x
+    fwd): ``achieved_tflops_fa``, ``mfu_fa``. NaN where a row lacks a figure."""
+    env = ok["env"] if "env" in ok else pd.Series([None] * len(ok), index=ok.index)
+    tflops = ok["achieved_tflops"] if "achieved_tflops" in ok else pd.Series([None] * len(ok), index=ok.index)
+    peak = [_num(_peak(e, "matmul_tflops")) for e in env]
+    fa = [tflops_on_basis(_num(t), m, "flash-attn") for t, m in zip(tflops, ok["mode"])]
+    cols = {"matmul_peak_tflops": peak, "copy_peak_gbps": [_num(_peak(e, "copy_gbps")) for e in env],
+            "mfu": [mfu(_num(t), p) for t, p in zip(tflops, peak)], "achieved_tflops_fa": fa,
+            "mfu_fa": [mfu(f, p) for f, p in zip(fa, peak)]}
+    return {k: pd.to_numeric(pd.Series(v, index=ok.index, dtype=object), errors="coerce") for k, v in cols.items()}
 
 
 def _impl(row_impl, key):
