@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import subprocess
 import sys
@@ -152,7 +153,7 @@ def run_check(clone: Path, args: list[str], key: str | tuple[str, ...]) -> dict:
 
 def named_with_output(failed: str, key: str) -> bool:
     """Whether the FAILED line names ``key`` as WRONG with an output difference."""
-    return any(part.strip().startswith(f"{key} WRONG (output differs") for part in failed.split(";"))
+    return re.search(rf"(: |; ){re.escape(key)} WRONG \(output differs from ", failed) is not None
 
 
 def planted_keys(ns: tuple[int, ...], m: int) -> dict[str, tuple[str, ...]]:
