@@ -350,8 +350,10 @@ cli.add_command(export_cmd)
 @click.option("--heads", default=None, type=int, help="With --update: heads.")
 @click.option("--head-dim", default=None, type=int, help="With --update: head dim.")
 @click.option("--block-ms", default=None, type=float, help="With --update: CPU milliseconds per timed block.")
+@click.option("--accept", "accept_spec", default=None, help="Methods whose output may differ from the base's "
+              "(an intended change), a comma list; see docs/check-outputs.md.")
 def check_cmd(baseline_path, tolerance, base, methods_spec, update, device, repeats, n_spec, m_value, heads,
-              head_dim, block_ms) -> None:
+              head_dim, block_ms, accept_spec) -> None:
     """CI gate: correctness, then speed against the stored baseline (exit 1 on failure)."""
     from attnbench import check
 
@@ -361,6 +363,8 @@ def check_cmd(baseline_path, tolerance, base, methods_spec, update, device, repe
     shape = {"--n": n_spec, "--m": m_value, "--heads": heads, "--head-dim": head_dim, "--block-ms": block_ms}
     if update and base:
         raise BadInput("--base compares with a revision; it does not apply with --update")
+    if update and accept_spec is not None:
+        raise BadInput("--accept applies to a check; --update rewrites the baseline and accepts everything")
     if not update and any(v is not None for v in shape.values()):
         raise BadInput(f"{', '.join(k for k, v in shape.items() if v is not None)} apply only with --update")
     if any(v is not None and v <= 0 for v in (m_value, heads, head_dim, block_ms)):
@@ -373,7 +377,8 @@ def check_cmd(baseline_path, tolerance, base, methods_spec, update, device, repe
         plugins=click.get_current_context().meta.get("attnbench.plugins", ()),
         device=device, baseline=Path(baseline_path) if baseline_path else check.default_baseline_path(device),
         tolerance=tolerance, methods=resolve_methods(methods_spec, device) if methods_spec else None,
-        repeats=repeats, ns=ns, m=m_value, heads=heads, head_dim=head_dim, block_ms=block_ms, base=base)
+        repeats=repeats, ns=ns, m=m_value, heads=heads, head_dim=head_dim, block_ms=block_ms, base=base,
+        accept=resolve_methods(accept_spec, device) if accept_spec is not None else ())
     try:
         code = (check.run_update(opts, click.echo, ["bench.py"] + sys.argv[1:]) if update
                 else check.run_check(opts, click.echo))

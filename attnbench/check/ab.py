@@ -2,10 +2,13 @@
 
 Each round starts a fresh pair of worker processes (``worker.py``), one importing the working
 tree's package and one a temporary worktree of REV; both load the same seeded inputs, saved
-once here. Every sample times one configuration in both, alternating head and base runs
-(``parts`` of each, the fastest of each counting), so both see the same machine state; the
-sample is time(head) / time(base). Correctness is judged here, with this tree's reference, on
-the outputs both workers saved.
+once here, and the same state for every configuration: built, fitted (``Settings.fit``) and
+saved once here (``outputs.module_state``), loaded by both after building. Every sample times one
+configuration in both, alternating head and base runs (``parts`` of each, the fastest of each
+counting), so both see the same machine state; the sample is time(head) / time(base).
+Correctness is judged here, with this tree's reference, on the outputs both workers saved on the
+correctness inputs: each side's error against exact attention, and the head's output against the
+base's, ‖head − base‖ / ‖base‖.
 """
 from __future__ import annotations
 
@@ -20,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnbench.check.prepare import Measured
+from attnbench.check.outputs import relative_difference
+from attnbench.check.prepare import Measured, SuiteInputs
 from attnbench.check.stats import median_ci, speed_verdict
 from attnbench.check.suite import Settings, SuiteEntry
-from attnbench.check.verdict import Row, correctness_row
+from attnbench.check.verdict import OutputCheck, Row, correctness_row, output_note
 from attnbench.measure.allocator import steady_env
 from attnbench.measure.error import error_metrics
 
@@ -65,9 +69,15 @@ class Worker:
             self.proc.kill()
 
 
-def save_inputs(wls: dict[int, Any], path: Path) -> None:
-    """{n: (q, k, v, grid)} of the seeded workloads, on CPU, for both workers."""
-    torch.save({n: (wl.q.cpu(), wl.k.cpu(), wl.v.cpu(), wl.grid) for n, (wl, _, _) in wls.items()}, path)
+def _qkvg(wl: Any) -> tuple:
+    return wl.q.cpu(), wl.k.cpu(), wl.v.cpu(), wl.grid
+
+
+def save_inputs(wls: dict[int, SuiteInputs], states: dict[str, Any], path: Path) -> None:
+    """For both workers, on CPU: per n the speed inputs and the correctness inputs (q, k, v, grid),
+    and per configuration key the state both load (``outputs.module_state``)."""
+    torch.save({"speed": {n: _qkvg(x.speed) for n, x in wls.items()},
+                "check": {n: _qkvg(x.check) for n, x in wls.items()}, "states": states}, path)
 
 
 def job(entries: list[SuiteEntry], s: Settings, tmp: Path, side: str, plugins: tuple[str, ...]) -> dict[str, Any]:
@@ -132,38 +142,50 @@ def measure_rounds(roots: dict[str, Path], entries: list[SuiteEntry], s: Setting
     return samples
 
 
-def side_measured(entry: SuiteEntry, ready: dict, outputs: dict, wl: tuple) -> Measured:
-    """One side's state of an entry as a Measured: status, and its error on the shared inputs."""
-    _, ref, plain = wl
+def side_measured(entry: SuiteEntry, ready: dict, outputs: dict, inputs: SuiteInputs) -> Measured:
+    """One side's state of an entry as a Measured: status, its output and error on the shared inputs."""
     state = ready["ready"][entry.key]
-    res = Measured(entry, status=state["status"], message=state["message"], plain_err=plain)
+    res = Measured(entry, status=state["status"], message=state["message"], plain_err=inputs.plain_err)
     if res.status == "ok":
-        err = error_metrics(outputs[entry.key].to(ref.device), ref)
+        res.out = outputs[entry.key]
+        err = error_metrics(res.out.to(inputs.ref.device), inputs.ref)
         res.err_rel_fro, res.out_finite = err["err_rel_fro"], err["out_finite"]
     return res
 
 
-def correctness(entries: list[SuiteEntry], ready: dict[str, dict], tmp: Path, wls: dict[int, Any],
-                label: str) -> tuple[dict[str, Row], list[SuiteEntry], dict[str, float]]:
-    """Rows of entries that fail (or are new at the base), the entries to time, and the head errors."""
+def state_problem(ready: dict[str, dict], key: str) -> str | None:
+    """Why the two sides did not run ``key`` with the same state (None when they did)."""
+    for side in ("head", "base"):
+        why = ready[side]["ready"][key].get("state")
+        if why != "shared":
+            return f"{side}: {why or 'no shared state'}"
+    return None
+
+
+def correctness(entries: list[SuiteEntry], ready: dict[str, dict], tmp: Path, wls: dict[int, SuiteInputs],
+                oc: OutputCheck) -> tuple[dict[str, Row], list[SuiteEntry], dict[str, str]]:
+    """Rows of entries that fail (or are new at the base), the entries to time, and their notes."""
     outs = {side: torch.load(tmp / f"out-{side}.pt") for side in ready}
-    rows, timed, errs = {}, [], {}
+    rows, timed, notes = {}, [], {}
     for e in entries:
         head = side_measured(e, ready["head"], outs["head"], wls[e.n])
         base = side_measured(e, ready["base"], outs["base"], wls[e.n])
-        errs[e.key] = head.err_rel_fro
-        bad = correctness_row(head, {"err_rel_fro": base.err_rel_fro} if base.status == "ok" else None)
+        problem = state_problem(ready, e.key) if head.status == base.status == "ok" else None
+        if head.status == base.status == "ok" and problem is None:
+            head.out_diff = relative_difference(head.out, base.out)
+        bad = correctness_row(head, {"err_rel_fro": base.err_rel_fro} if base.status == "ok" else None, oc)
+        notes[e.key] = output_note(head, oc) + (f"; outputs not compared, state not shared ({problem})"
+                                                 if problem else "")
         if bad is not None:
             rows[e.key] = bad
         elif base.status != "ok":
-            rows[e.key] = Row(e.key, "new", note=f"not measured at {label}: {base.message}")
+            rows[e.key] = Row(e.key, "new", note=f"not measured at {oc.label}: {base.message}")
         else:
             timed.append(e)
-    return rows, timed, errs
+    return rows, timed, notes
 
 
-def speed_row(key: str, pairs: list, tolerance: float, err: float | None) -> Row:
+def speed_row(key: str, pairs: list, tolerance: float, note: str) -> Row:
     ratio, lo, hi = median_ci([h / b for h, b in pairs])
     med = [float(np.median(x)) for x in zip(*pairs)]
-    return Row(key, speed_verdict(ratio, lo, hi, tolerance), med[1], med[0], ratio, lo, hi,
-               note=f"err {err:.3g}" if err is not None else "")
+    return Row(key, speed_verdict(ratio, lo, hi, tolerance), med[1], med[0], ratio, lo, hi, note=note)

@@ -7,10 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from attnbench.check.ab import close, correctness, measure_rounds, save_inputs, speed_row, start_pair
-from attnbench.check.prepare import workloads_for
+from attnbench.check.prepare import prepare, workloads_for
 from attnbench.check.stats import suspect
 from attnbench.check.suite import Settings, SuiteEntry
-from attnbench.check.verdict import Row
+from attnbench.check.verdict import OutputCheck, Row
 
 
 AB_REPEATS = 15      # recorded repetitions per configuration, split over AB_ROUNDS pairs of processes
@@ -31,18 +31,28 @@ def rounds_and_reps(s: Settings) -> tuple[int, int]:
     return rounds, math.ceil(s.repeats / rounds)
 
 
+def shared_states(entries: list[SuiteEntry], s: Settings, wls: dict) -> dict[str, dict]:
+    """The state both sides load, per key: built here (this tree, its plugins) and fitted once."""
+    states = {}
+    for e in entries:
+        it = prepare(e, s, wls[e.n])
+        if it.state is not None:
+            states[e.key] = it.state
+    return states
+
+
 def compare_ab(entries: list[SuiteEntry], s: Settings, tolerance: float, roots: dict[str, Path],
-               plugins: tuple[str, ...], label: str) -> list[Row]:
+               plugins: tuple[str, ...], oc: OutputCheck) -> list[Row]:
     """One row per entry: WRONG/ERROR/skipped/new from the outputs, else the speed verdict of
     time(head) / time(base). A configuration that looks slower is measured again in one more
     fresh pair with all ``s.repeats`` repetitions, and that measurement decides."""
     with tempfile.TemporaryDirectory(prefix="attnbench-ab-") as name:
         tmp = Path(name)
         wls = workloads_for(entries, s)
-        save_inputs(wls, tmp / "inputs.pt")
+        save_inputs(wls, shared_states(entries, s, wls), tmp / "inputs.pt")
         first = start_pair(roots, entries, s, tmp, plugins, 0)
         try:
-            rows, timed, errs = correctness(entries, first[1], tmp, wls, label)
+            rows, timed, errs = correctness(entries, first[1], tmp, wls, oc)
         except Exception:
             close(first[0])
             raise

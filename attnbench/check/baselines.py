@@ -13,12 +13,14 @@ import torch
 
 from attnbench.check.suite import Settings
 from attnbench.check.device import machine_class
+from attnbench.check.outputs import fingerprint_difference
 from attnbench.check.prepare import Measured
 
 from attnbench.measure.env import collect_env, git_commit
 from attnbench.spec import DTYPES
 
-FORMAT = "attnbench-ci-baseline/1"
+FORMAT = "attnbench-ci-baseline/2"          # /2: per configuration an output fingerprint on the
+OLD_FORMATS = ("attnbench-ci-baseline/1",)    #     correctness inputs; /1 (none) is still read
 BASELINE_DIR = Path("baselines/ci")
 
 
@@ -53,7 +55,7 @@ def load_baseline(path: Path) -> dict[str, Any]:
 
 
 def _validate_baseline(path: Path, data: Any) -> None:
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, *OLD_FORMATS):
         raise BaselineError(f"baseline {path} is corrupt: not a {FORMAT} file")
     if not isinstance(data.get("configs"), list) or not isinstance(data.get("settings"), dict):
         raise BaselineError(f"baseline {path} is corrupt: 'configs' or 'settings' missing")
@@ -81,6 +83,8 @@ def check_settings(raw: dict[str, Any]) -> None:
             raise ValueError(f"settings.{f.name} = {v!r} is not positive")
     if s.dtype not in DTYPES:
         raise ValueError(f"settings.dtype = {s.dtype!r} is not one of {', '.join(DTYPES)}")
+    if s.fit not in ("none", "closed"):
+        raise ValueError(f"settings.fit = {s.fit!r} is not none or closed")
     if s.device not in ("cpu", "cuda"):
         raise ValueError(f"settings.device = {s.device!r} is not cpu or cuda")
 
@@ -101,6 +105,19 @@ def check_config(c: dict[str, Any]) -> None:
             raise ValueError(f"{c['method']} has no positive samples")
         if not _is_number(c["err_rel_fro"], float):
             raise ValueError(f"{c['method']}: err_rel_fro = {c['err_rel_fro']!r} is not a number")
+        if c.get("fingerprint") is not None:
+            check_fingerprint(c["method"], c["fingerprint"])
+
+
+def check_fingerprint(method: str, fp: Any) -> None:
+    if not (isinstance(fp, dict) and _is_number(fp.get("norm"), float) and isinstance(fp.get("proj"), list)
+            and fp["proj"] and all(_is_number(x, float) for x in fp["proj"]) and isinstance(fp.get("shape"), list)):
+        raise ValueError(f"{method}: fingerprint is not {{shape, norm, proj: [numbers]}}")
+
+
+def has_fingerprints(baseline: dict[str, Any]) -> bool:
+    """Whether the baseline stores output fingerprints (format /2 and later)."""
+    return any(c.get("fingerprint") for c in baseline["configs"] if c.get("status") == "ok")
 
 
 def measured_env(s: Settings) -> dict[str, Any]:
@@ -128,7 +145,7 @@ def config_dict(it: Measured) -> dict[str, Any]:
     e = it.entry
     out = {"key": e.key, "method": e.method, "n": e.n, "m": e.m, "params": e.params, "exact": e.exact,
            "status": it.status, "message": it.message, "err_rel_fro": it.err_rel_fro,
-           "plain_err_rel_fro": it.plain_err}
+           "plain_err_rel_fro": it.plain_err, "fingerprint": it.fingerprint, "fit": it.fit_info}
     if it.status == "ok":
         out.update(median=float(np.median(it.samples)), median_ms=float(np.median(it.latency_ms)),
                    samples=[round(x, 6) for x in it.samples])
@@ -145,9 +162,12 @@ def baseline_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     lines = [f"- {k}" for k in before if k not in after] + [f"+ {k}" for k in after if k not in before]
     for k in (k for k in after if k in before):
         a, b = before[k], after[k]
+        moved = (f", output differs from the old baseline's by "
+                 f"{_fmt(fingerprint_difference(b['fingerprint'], a['fingerprint']))}"
+                 if a.get("fingerprint") and b.get("fingerprint") else "")
         lines.append(f"~ {k}: median {_fmt(a.get('median'))} -> {_fmt(b.get('median'))}, "
                      f"err {_fmt(a.get('err_rel_fro'))} -> {_fmt(b.get('err_rel_fro'))}, "
-                     f"status {a.get('status')} -> {b.get('status')}")
+                     f"status {a.get('status')} -> {b.get('status')}{moved}")
     return lines
 
 

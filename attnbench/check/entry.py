@@ -6,15 +6,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from attnbench.check.abcheck import ab_settings, compare_ab, rounds_and_reps
-from attnbench.check.baselines import (BaselineError, baseline_dict, baseline_diff, device_name, load_baseline,
-                                       measured_env, write_json)
+from attnbench.check.baselines import (BaselineError, baseline_dict, baseline_diff, device_name, has_fingerprints,
+                                       load_baseline, measured_env, write_json)
 from attnbench.check.modes import Mode, absolute_plugins, choose_mode, head_root
 from attnbench.check.output import env_line, format_table, summarize
 from attnbench.check.prepare import prepare_suite
 from attnbench.check.processes import measure_for_baseline
-from attnbench.check.suite import DEFAULT_SUITES, Settings, entry_of, select_entries, update_suite
+from attnbench.check.suite import (DEFAULT_SUITES, Settings, correctness_workload, entry_of, select_entries,
+                                   update_suite)
 from attnbench.check.revision import worktree
-from attnbench.check.verdict import compare, update_problems
+from attnbench.check.verdict import OutputCheck, compare, update_problems
 from attnbench.measure.allocator import steady_allocator
 
 
@@ -34,6 +35,7 @@ class CheckOptions:
     block_ms: float | None = None
     plugins: tuple[str, ...] = ()      # loaded again by the process that re-measures suspects
     base: str | None = None            # a git revision: A/B against it instead of the stored baseline
+    accept: tuple[str, ...] = ()       # methods whose output may differ from the base's (an intended change)
 
 
 def settings_for_check(baseline: dict[str, Any], opts: CheckOptions, ab: bool) -> Settings:
@@ -60,9 +62,15 @@ def run_check(opts: CheckOptions, echo: Callable[[str], None]) -> int:
     s = settings_for_check(baseline, opts, mode.sha is not None)
     if mode.sha is not None:
         return run_ab(opts, ab_settings(s, opts.repeats), entries, mode, echo)
+    if not has_fingerprints(baseline):
+        echo(f"baseline {opts.baseline} has no output fingerprints (older format): outputs not compared, "
+             "only the error check; refresh it with `bench.py check --update`")
     items, wls = prepare_suite(entries, s)
-    rows = compare(items, baseline, s, mode.tolerance, wls, opts.plugins)
-    echo(f"check against {opts.baseline} (tolerance {mode.tolerance:g}, {s.repeats} interleaved repetitions)")
+    oc = OutputCheck("baseline", s.dtype, frozenset(opts.accept))
+    rows = compare(items, baseline, s, mode.tolerance, wls, opts.plugins, oc)
+    echo(f"check against {opts.baseline} (tolerance {mode.tolerance:g}, {s.repeats} interleaved repetitions; "
+         f"correctness on {correctness_workload(s)}, fit {s.fit})")
+    accepted_line(opts, echo)
     for line in format_table(rows, baseline.get("unit", "?")):
         echo(line)
     echo(f"now:      {env_line(measured_env(s))}")
@@ -79,15 +87,21 @@ def run_ab(opts: CheckOptions, s: Settings, entries: list, mode: Mode, echo: Cal
     with worktree(mode.repo, mode.sha) as base_root:
         try:
             rows = compare_ab(entries, s, mode.tolerance, {"head": head_root(), "base": base_root},
-                              absolute_plugins(opts.plugins), mode.label)
+                              absolute_plugins(opts.plugins), OutputCheck(mode.label, s.dtype, frozenset(opts.accept)))
         except RuntimeError as exc:  # a worker process died: the check cannot pass
             echo(f"check FAILED: {exc}")
             return 1
     for line in format_table(rows, f"ms per call at {mode.label} (baseline) and in this tree (now); "
                                    "ratio: median of time(now) / time(baseline)"):
         echo(line)
+    accepted_line(opts, echo)
     echo(f"now:      {env_line(measured_env(s))}")
     return summarize(rows, echo)
+
+
+def accepted_line(opts: CheckOptions, echo: Callable[[str], None]) -> None:
+    if opts.accept:
+        echo(f"accepted output changes (--accept): {', '.join(opts.accept)}")
 
 
 def settings_for_update(opts: CheckOptions) -> Settings:

@@ -28,7 +28,8 @@ def summarize(rows: list[Row], echo: Callable[[str], None]) -> int:
     failed = [r for r in rows if r.failed]
     echo(f"would pass at --tolerance >= {needed_tolerance(rows):.3f}")
     if failed:
-        echo("check FAILED: " + "; ".join(f"{r.key} {r.verdict}" for r in failed))
+        echo("check FAILED: " + "; ".join(f"{r.key} {r.verdict}" + (f" ({r.note})" if r.verdict == "WRONG" else "")
+                                          for r in failed))
         return 1
     echo(f"check passed ({sum(r.verdict == 'skipped' for r in rows)} skipped)")
     return 0

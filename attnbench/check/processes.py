@@ -54,7 +54,7 @@ def speed_samples(entries: list[SuiteEntry], s: Settings, plugins: tuple[str, ..
     steady_allocator()
     for spec in plugins:
         registry.load_plugin(spec)
-    items, wls = prepare_suite(entries, s)
+    items, wls = prepare_suite(entries, s, correctness=False)   # speed only: nothing fitted or judged
     bad = [it for it in items if it.status != "ok"]
     if bad:
         raise RuntimeError(f"{bad[0].entry.key} did not run in the fresh process: {bad[0].message}")

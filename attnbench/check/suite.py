@@ -40,6 +40,14 @@ class Settings:
     processes: int = 3         # --update: repetitions are split over this many processes, so that
                                #   the baseline holds the spread between processes too
     threads: int = 1           # CPU: torch intra-op threads while measuring
+    check_workload: str = ""   # the inputs of the correctness part ("": ``workload``, older baselines)
+    fit: str = "none"          # how learnable state is fitted before the correctness part: none | closed
+                               #   (on check_workload's 'fit' split, outside timing)
+
+
+def correctness_workload(s: Settings) -> str:
+    """The workload the correctness part runs on (the speed part always uses ``s.workload``)."""
+    return s.check_workload or s.workload
 
 
 def _suite(methods: Iterable[tuple[str, bool]], ns: Iterable[int], m: int) -> tuple[SuiteEntry, ...]:
@@ -49,12 +57,13 @@ def _suite(methods: Iterable[tuple[str, bool]], ns: Iterable[int], m: int) -> tu
 
 # Methods named here but not registered (yet) are reported as skipped, not errors.
 SUITE_METHODS = (("vanilla-math", True), ("vanilla-sdpa", True), ("anchor", False), ("anchor-select", False),
-                 ("fused-anchor", False))
+                 ("fused-anchor", False), ("nystrom", False), ("window", False))
 CUDA_SUITE_METHODS = SUITE_METHODS + (("vanilla-xformers", True),)
 DEFAULT_SUITES = {
-    "cpu": (_suite(SUITE_METHODS, (196, 576), 30), Settings()),
+    "cpu": (_suite(SUITE_METHODS, (196, 576), 30), Settings(check_workload="image", fit="closed")),
     "cuda": (_suite(CUDA_SUITE_METHODS, (1024, 4096, 16384), 64),
-             Settings(device="cuda", dtype="bfloat16", repeats=10, processes=1)),
+             Settings(device="cuda", dtype="bfloat16", repeats=10, processes=1, check_workload="image",
+                      fit="closed")),
 }
 
 
