@@ -106,7 +106,8 @@ def test_unchanged_tree_passes_with_zero_output_difference_in_both_modes(in_repo
         assert code == 0, out + err
         for key in KEYS:
             line = next(ln for ln in out.splitlines() if ln.startswith(key + " "))
-            assert f"output differs from {label} by 0)" in line, line   # CPU: bitwise the same output
+            # CPU: bitwise the same output (a timing suspect measured again adds a clause after it)
+            assert re.search(rf"output differs from {label} by 0[);]", line), line
 
 
 def test_accept_lets_an_intended_change_pass_and_says_so(one_n_baseline, tmp_path, capsys, scratch_registry):
