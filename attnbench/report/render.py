@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from attnbench.results import naming
+
 
 @dataclass(frozen=True)
 class Link:
@@ -195,8 +197,10 @@ def write_tables(page: Page, folder: Path) -> list[Path]:
     paths = []
     for b in page.tables():
         csv, tex = folder / f"{b.name}.csv", folder / f"{b.name}.tex"
-        csv_safe(b.frame).to_csv(csv, index=False, lineterminator="\n")
-        tex.write_text(to_booktabs(b.frame, b.text), encoding="utf-8")
+        with naming(csv):
+            csv_safe(b.frame).to_csv(csv, index=False, lineterminator="\n")
+        with naming(tex):
+            tex.write_text(to_booktabs(b.frame, b.text), encoding="utf-8")
         paths += [csv, tex]
     return paths
 
