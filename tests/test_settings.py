@@ -96,3 +96,19 @@ def test_model_takes_method_qualified_and_bare_params():
     assert {c.attention: c.params for c in both} == {"anchor": {"shared": True}, "vanilla-math": {}}
     bare = model_configs("deit-tiny", ("anchor",), 32, "4", ["shared=true"], "cpu", 1, 1, False, cli.BadInput)
     assert bare[0].params == {"shared": True}
+
+
+def test_closed_fit_asks_a_file_for_its_fitting_split_only_for_fittable_methods(tmp_path, capsys):
+    """Methods without learnable state run on a file without q_fit; anchor (a closed-form fit) is refused."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    path = tmp_path / "nofit.safetensors"
+    save_file({name: torch.randn(1, 2, 16, 8, generator=gen) for name in ("q", "k", "v")}, str(path))
+    common = ["sweep", "--workload", f"file:{path}", "--m", "4", "--min-run-time", "0.01", "--no-flops", "--quiet",
+              "--executor", "inline"]
+    assert cli.main(common + ["--methods", "vanilla-math,uniform,linear", "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out.startswith("3 rows written")
+    assert cli.main(common + ["--methods", "anchor", "--out", str(tmp_path / "b")]) == 2
+    assert "q_fit" in capsys.readouterr().err
