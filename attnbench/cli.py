@@ -7,125 +7,43 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
 
 import click
 
-from attnbench import registry
-from attnbench.capture.cli import model_options, run_capture_cmd, run_drift_cmd
-from attnbench.results import RowsFileError
-from attnbench.spec import DTYPES, MODES, SpecError, one_line, parse_m_spec, parse_n_spec, parse_params, positive
-from attnbench.workloads import WorkloadError
+from attnbench import __version__
+from attnbench.options import (BadInput, best_device, check_device, check_params, device_option, fit_budget_options,
+                               executor_options, executor_settings, inputs_options,
+                               inputs_settings, methods_option, mode_option, model_options, param_option, plugin_option,
+                               plugins_of_context, positive_values, resolve_methods, shape_options,
+                               shape_settings, spec_errors, timing_options)
+from attnbench.settings import DEFAULT_M, DEFAULT_N, SEED_MAX
 
-DEFAULT_N = {"cpu": "196,1024", "cuda": "196..16384"}
-DEFAULT_M = "10,30,100"
-SEED_MAX = 2**62  # torch generators take 64-bit seeds; the fitting split adds an offset
+DEFAULT_M_TEXT = ",".join(str(m) for m in DEFAULT_M)
 
-
-class BadInput(click.ClickException):
-    """Reported as one line and exit status 2."""
-
-    exit_code = 2
-
-
-def plugin_option(fn: Callable) -> Callable:
-    """``--plugin FILE_OR_MODULE`` (repeatable): import user code registering more methods."""
-
-    def load(ctx, param, values):
-        for spec in values or ():
-            try:
-                registry.load_plugin(spec)
-            except registry.PluginError as exc:
-                raise BadInput(str(exc)) from None
-        ctx.meta["attnbench.plugins"] = tuple(values or ())  # for work done in a fresh process
-        return values
-
-    return click.option("--plugin", "plugins", multiple=True, callback=load, expose_value=False,
-                        is_eager=True, metavar="FILE_OR_MODULE",
-                        help="Import user code that registers methods (repeatable).")(fn)
-
-
-def best_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_device(device: str) -> str:
-    import torch
-
-    if device not in ("cpu", "cuda"):
-        raise BadInput(f"unknown device {device!r}; use cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda asked for, but torch sees no CUDA device "
-                       f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
-    return device
-
-
-def resolve_methods(spec: str | None, device: str) -> tuple[str, ...]:
-    """Comma list of names, or every available method of the device's default sweep."""
-    if spec is not None:
-        try:
-            names = registry.names_from_spec(spec)
-        except KeyError as exc:
-            raise BadInput(exc.args[0]) from None
-        if not names:
-            raise BadInput(f"--methods {spec!r} names no method; give names like anchor,vanilla-sdpa")
-        return names
-    return tuple(m["name"] for m in registry.list_methods(device) if m["available"] and m["default_sweep"])
-
-
-def check_params(params: dict[str, dict[str, Any]], methods: tuple[str, ...]) -> None:
-    """--param names a method of the sweep and a keyword its constructor takes (not its budget)."""
-    import inspect
-
-    for method, values in params.items():
-        if method not in methods:
-            raise BadInput(f"--param names {method!r}, which is not among the swept methods")
-        info = registry.get_info(method)
-        sig = inspect.signature(info.cls.__init__).parameters
-        accepted = set(sig) - {"self", "heads", "head_dim"}
-        open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values())
-        for key in values:
-            if key == info.budget:
-                raise BadInput(f"--param {method}.{key}: {key} is the budget of {method}; set it with --m")
-            if key not in accepted and not open_kwargs:
-                raise BadInput(f"--param {method}.{key}: {method} takes {', '.join(sorted(accepted)) or 'no parameters'}")
-
-
-def executor_options(fn: Callable) -> Callable:
-    """--executor, --workers, --point-timeout, --worker-mem-limit, --retry-failed, --ray-address."""
-    from attnbench.run.options import OPTIONS
-
-    for option in reversed(OPTIONS):
-        fn = option(fn)
-    return fn
-
-
-def executor_settings(opts: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """SweepConfig fields from the executor options (bad values are one line, exit 2)."""
-    from attnbench.run.options import settings
-
-    try:
-        return settings(opts, timeout_s, click.get_current_context().meta.get("attnbench.plugins", ()))
-    except SpecError as exc:
-        raise BadInput(str(exc)) from None
+__all__ = ["BadInput", "best_device", "check_device", "check_params", "cli", "executor_options",
+           "executor_settings", "main", "plugin_option", "resolve_methods", "SEED_MAX"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="attnbench", message="%(prog)s %(version)s")
 def cli() -> None:
     """attnbench: efficient attention side by side: latency, memory, FLOPs, error."""
 
 
+def argv() -> list[str]:
+    """The command line as typed, stored with the rows."""
+    return ["bench.py"] + sys.argv[1:]
+
+
 @cli.command("list")
 @plugin_option
-@click.option("--device", default=None, help="Check availability on this device (default: best present).")
+@device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_cmd(device: str | None, as_json: bool) -> None:
     """Registered methods with family, budget and availability on this machine."""
-    device = device or best_device()
-    if device not in ("cpu", "cuda"):
-        raise BadInput(f"unknown device {device!r}; use cpu or cuda")
+    from attnbench import registry
+
+    device = check_device(device or best_device())
     methods = registry.list_methods(device)
     if as_json:
         click.echo(json.dumps(methods, indent=2, default=str))
@@ -139,7 +57,7 @@ def list_cmd(device: str | None, as_json: bool) -> None:
 
 @cli.command("env")
 @plugin_option
-@click.option("--device", default=None, help="Device to describe (default: best present).")
+@device_option()
 def env_cmd(device: str | None) -> None:
     """Print the environment stored with every row."""
     from attnbench.measure.env import collect_env
@@ -152,77 +70,31 @@ def env_cmd(device: str | None) -> None:
 @click.option("--n", "n_spec", default=None,
               help=f"Token counts: A..B (A, powers of two between, B) or a comma list. "
                    f"Default {DEFAULT_N['cpu']} on CPU, {DEFAULT_N['cuda']} on CUDA.")
-@click.option("--m", "m_spec", default=DEFAULT_M, show_default=True, help="Budgets (anchors, landmarks...).")
-@click.option("--methods", "methods_spec", default=None, help="Comma list (default: all available).")
-@click.option("--device", default=None, help="cpu or cuda (default: best present).")
-@click.option("--dtype", default=None, help="float32|float16|bfloat16 (default float32 on CPU, bfloat16 on CUDA).")
-@click.option("--batch", default=1, show_default=True, type=int)
-@click.option("--heads", default=6, show_default=True, type=int)
-@click.option("--head-dim", default=64, show_default=True, type=int)
-@click.option("--mode", default="fwd", show_default=True, help="fwd or fwdbwd.")
-@click.option("--workload", default="image", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--param", "param_items", multiple=True, metavar="METHOD.KEY=VALUE",
-              help="Method parameter, e.g. anchor.shared=true (repeatable).")
+@click.option("--m", "m_spec", default=DEFAULT_M_TEXT, show_default=True, help="Budgets (anchors, landmarks...).")
+@methods_option()
+@shape_options
+@mode_option
+@inputs_options
+@param_option
 @click.option("--out", default=None, help="Run folder (default results/sweep-<device>); rerun to resume.")
-@click.option("--min-run-time", default=0.2, show_default=True, type=float,
-              help="CPU timing budget per row, seconds of measured calls.")
-@click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=float,
-              help="Seconds one call may take; a longer call gives a timeout row (process/ray: it is killed).")
-@click.option("--no-flops", is_flag=True, help="Skip the fvcore and FlopCounterMode counts.")
-@click.option("--cuda-graphs", is_flag=True, help="Time replays of the call captured in a CUDA graph.")
+@timing_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--fit", default="closed", show_default=True,
-              help="Learnable state before measuring: none, closed (fixed point) or distill (Adam), "
-                   "on the workload's fitting split.")
-@click.option("--fit-iters", default=20, show_default=True, type=int, help="closed: fixed-point iterations.")
-@click.option("--fit-steps", default=200, show_default=True, type=int, help="distill: Adam steps.")
-@click.option("--fit-lr", default=5e-2, show_default=True, type=float, help="distill: Adam learning rate.")
 @executor_options
 def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_dim, mode, workload,
               seed, param_items, out, min_run_time, timeout_s, no_flops, cuda_graphs, quiet, fit, fit_iters,
               fit_steps, fit_lr, **run_opts) -> None:
     """Measure every method over token counts and budgets into OUT/rows.jsonl."""
-    from attnbench.measure.timing import TimingConfig
-    from attnbench.sweep import SweepConfig, run_sweep
-
-    device = check_device(device or best_device())
-    if cuda_graphs and device != "cuda":
-        raise BadInput("--cuda-graphs needs --device cuda")
-    dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
-    if dtype not in DTYPES:
-        raise BadInput(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
-    if mode not in MODES:
-        raise BadInput(f"unknown mode {mode!r}; use fwd or fwdbwd")
-    if fit not in ("none", "closed", "distill"):
-        raise BadInput(f"unknown --fit {fit!r}; use none, closed or distill")
-    if not 0 <= seed <= SEED_MAX:
-        raise BadInput(f"--seed must be an integer from 0 to {SEED_MAX}, got {seed}")
-    try:
-        for name, value in (("--batch", batch), ("--heads", heads), ("--head-dim", head_dim),
-                            ("--fit-iters", fit_iters), ("--fit-steps", fit_steps), ("--fit-lr", fit_lr),
-                            ("--min-run-time", min_run_time), ("--timeout", timeout_s)):
-            positive(name, value)
-        ns, ms = parse_n_spec(DEFAULT_N[device] if n_spec is None else n_spec), parse_m_spec(m_spec)
-        params = parse_params(param_items)
-    except SpecError as exc:
-        raise BadInput(str(exc)) from None
-    methods = resolve_methods(methods_spec, device)
-    check_params(params, methods)
-    cfg = SweepConfig(
-        ns=tuple(ns), ms=tuple(ms), methods=methods, device=device, dtype=dtype, batch=batch,
-        heads=heads, head_dim=head_dim, mode=mode, workload=workload, seed=seed,
-        out=Path(out or f"results/sweep-{device}"), params=params,
-        timing=TimingConfig(cpu_min_run_time_s=min_run_time, timeout_s=timeout_s, cuda_graphs=cuda_graphs),
-        count_flops=not no_flops, fit=fit, fit_iters=fit_iters, fit_steps=fit_steps,
-        fit_lr=fit_lr, **executor_settings(run_opts, timeout_s),
-    )
-    if any(registry.get_info(mm).budget for mm in methods) and not ms:
-        raise BadInput("--m is empty but budgeted methods were chosen; give --m like 10,30,100")
+    from attnbench import registry
     from attnbench.run.process import WorkerStartError
+    from attnbench.sweep import run_sweep
 
+    cfg = sweep_config(n_spec, m_spec, methods_spec, shape_settings(device, dtype, batch, heads, head_dim), mode,
+                       inputs_settings(workload, seed, fit, fit_iters, fit_steps, fit_lr), param_items, out,
+                       min_run_time, timeout_s, no_flops, cuda_graphs, run_opts)
+    if any(registry.get_info(mm).budget for mm in cfg.methods) and not cfg.ms:
+        raise BadInput("--m is empty but budgeted methods were chosen; give --m like 10,30,100")
     try:
-        summary = run_sweep(cfg, argv=["bench.py"] + sys.argv[1:], progress=not quiet)
+        summary = run_sweep(cfg, argv=argv(), progress=not quiet)
     except WorkerStartError as exc:
         raise BadInput(str(exc)) from None
     for note in summary.notes:
@@ -236,42 +108,76 @@ def sweep_cmd(n_spec, m_spec, methods_spec, device, dtype, batch, heads, head_di
                f"{summary.skipped_existing} already measured")
 
 
+def sweep_config(n_spec, m_spec, methods_spec, shape, mode, inputs, param_items, out, min_run_time, timeout_s,
+                 no_flops, cuda_graphs, run_opts):
+    """The checked SweepConfig of the sweep command's options (tests compare it with SweepConfig())."""
+    from dataclasses import asdict
+
+    from attnbench.measure.timing import TimingConfig
+    from attnbench.spec import parse_m_spec, parse_n_spec, parse_params
+    from attnbench.sweep import SweepConfig
+
+    if cuda_graphs and shape.device != "cuda":
+        raise BadInput("--cuda-graphs needs --device cuda")
+    positive_values(min_run_time=min_run_time, timeout=timeout_s)
+    ns = spec_errors(parse_n_spec, DEFAULT_N[shape.device] if n_spec is None else n_spec)
+    ms, params = spec_errors(parse_m_spec, m_spec), spec_errors(parse_params, param_items)
+    methods = resolve_methods(methods_spec, shape.device)
+    check_params(params, methods, shape.heads, shape.head_dim)
+    return SweepConfig(
+        ns=tuple(ns), ms=tuple(ms), methods=methods, mode=mode, out=Path(out or f"results/sweep-{shape.device}"),
+        params=params, timing=TimingConfig(cpu_min_run_time_s=min_run_time, timeout_s=timeout_s,
+                                           cuda_graphs=cuda_graphs),
+        count_flops=not no_flops, **asdict(shape), **asdict(inputs), **executor_settings(run_opts, timeout_s))
+
+
 @cli.command("merge")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder to write (rows are appended).")
-@click.option("--keep", default=None, help="newest or oldest: which of two different measurements of one point wins.")
+@click.option("--keep", default=None, type=click.Choice(["newest", "oldest"]),
+              help="Which of two different measurements of one point wins.")
 def merge_cmd(folders, out, keep) -> None:
     """Union of run folders, de-duplicated by the row identity key."""
     from attnbench.run.merge import merge_runs
 
     s = merge_runs(list(folders), out, keep)
-    click.echo(f"{s.rows} rows in {out / 'rows.jsonl'} from {len(folders)} folders ({s.duplicates} duplicates dropped, "
-               f"{s.conflicts_resolved} conflicts resolved by --keep {keep}); {s.runs} runs in runs.jsonl")
+    resolved = f", {s.conflicts_resolved} conflicts resolved by --keep {keep}" if keep else ""
+    click.echo(f"{s.rows} rows in {out / 'rows.jsonl'} from {len(folders)} folders ({s.duplicates} duplicates "
+               f"dropped{resolved}); {s.runs} runs in runs.jsonl")
 
 
 @cli.command("profile")
 @plugin_option
-@click.option("--method", required=True, help="Registered method name.")
+@methods_option(help="The registered method to profile (one name).")
 @click.option("--n", type=int, required=True, help="Token count.")
 @click.option("--m", type=int, default=None, help="Budget (anchors, landmarks...); default: the method's.")
-@click.option("--device", default=None, help="cpu or cuda (default: best present).")
-@click.option("--dtype", default=None, help="float32|float16|bfloat16 (default float32 on CPU, bfloat16 on CUDA).")
-@click.option("--mode", default="fwd", show_default=True, help="fwd or fwdbwd.")
-@click.option("--batch", default=1, show_default=True, type=int)
-@click.option("--heads", default=6, show_default=True, type=int)
-@click.option("--head-dim", default=64, show_default=True, type=int)
+@param_option
+@shape_options
+@mode_option
 @click.option("--active", default=5, show_default=True, type=int, help="Profiled calls.")
 @click.option("--top", default=15, show_default=True, type=int, help="Lines in the table.")
 @click.option("--out", default=None, help="Output folder (default results/profile-METHOD-nN-DEVICE).")
-def profile_cmd(method, n, m, device, dtype, mode, batch, heads, head_dim, active, top, out) -> None:
+def profile_cmd(methods_spec, n, m, param_items, device, dtype, batch, heads, head_dim, mode, active, top,
+                out) -> None:
     """torch.profiler trace (trace.json) and top kernels/operators table of one configuration."""
+    from dataclasses import asdict
+
     from attnbench.point import MethodFailure
     from attnbench.profiling import ProfileConfig, ProfileError, markdown, run_profile, timing_line
+    from attnbench.spec import one_line, parse_params
+    from attnbench.workloads import WorkloadError
 
-    device = check_device(device or best_device())
-    cfg = ProfileConfig(method=method, n=n, m=m, device=device, dtype=dtype or ("bfloat16" if device == "cuda" else "float32"),
-                        mode=mode, batch=batch, heads=heads, head_dim=head_dim, active=active, top=top,
-                        out=Path(out or f"results/profile-{method}-n{n}-{device}"))
+    if methods_spec is None:
+        raise BadInput("--methods is required: name the method to profile, e.g. --methods anchor")
+    shape = shape_settings(device, dtype, batch, heads, head_dim)
+    methods = resolve_methods(methods_spec, shape.device)
+    if len(methods) != 1:
+        raise BadInput(f"profile takes one method, got {len(methods)}: {', '.join(methods)}")
+    method = methods[0]
+    params = spec_errors(parse_params, param_items)
+    check_params(params, methods, shape.heads, shape.head_dim)
+    cfg = ProfileConfig(method=method, n=n, m=m, params=params.get(method, {}), mode=mode, active=active, top=top,
+                        out=Path(out or f"results/profile-{method}-n{n}-{shape.device}"), **asdict(shape))
     try:
         summary = run_profile(cfg)
     except (ProfileError, WorkloadError) as exc:
@@ -290,27 +196,25 @@ def profile_cmd(method, n, m, device, dtype, mode, batch, heads, head_dim, activ
 @plugin_option
 @click.option("--arch", default="deit-small", show_default=True,
               help="deit-tiny|deit-small|deit-base, or a comma list.")
-@click.option("--attention", "attention_spec", default="vanilla-math", show_default=True,
-              help="Attention in every block (registry name), or a comma list.")
+@methods_option(default="vanilla-math", help="Attention in every block (registered names, comma list).")
 @click.option("--img", default=224, show_default=True, type=int, help="Image side in pixels (patch 16).")
 @click.option("--m", "m_spec", default="30", show_default=True,
               help="Budget of budgeted attentions (anchors...), or a comma list.")
-@click.option("--param", "param_items", multiple=True, metavar="KEY=VALUE",
-              help="Attention parameter, e.g. shared=true (repeatable).")
-@click.option("--device", default=None, help="cpu or cuda (default: best present).")
+@param_option
+@device_option()
 @click.option("--batch", default=None, type=int, help="Throughput batch (default 64 on CUDA, 8 on CPU).")
 @click.option("--iters", default=3, show_default=True, type=int, help="Timed forward passes after one warm-up.")
 @click.option("--no-timing", is_flag=True, help="Count parameters and MACs only.")
 @click.option("--out", default=None, help="Run folder (default results/model-<device>); rows are appended.")
-def model_cmd(arch, attention_spec, img, m_spec, param_items, device, batch, iters, no_timing, out) -> None:
+def model_cmd(arch, methods_spec, img, m_spec, param_items, device, batch, iters, no_timing, out) -> None:
     """Parameters, MACs (fvcore; FlopCounterMode/2) and images/s of DeiT-style ViTs."""
-    from attnbench.models.cli import model_configs, print_model_rows
     from attnbench.models.audit import run_models
+    from attnbench.models.cli import model_configs, print_model_rows
 
     device = check_device(device or best_device())
-    cfgs = model_configs(arch, resolve_methods(attention_spec, device), img, m_spec, param_items, device,
+    cfgs = model_configs(arch, resolve_methods(methods_spec, device), img, m_spec, param_items, device,
                          batch, iters, not no_timing, BadInput)
-    rows = run_models(cfgs, Path(out or f"results/model-{device}"), argv=["bench.py"] + sys.argv[1:])
+    rows = run_models(cfgs, Path(out or f"results/model-{device}"), argv=argv())
     print_model_rows(rows, Path(out or f"results/model-{device}"))
 
 
@@ -328,7 +232,7 @@ def report_cmd(runs, out, at_n, fit_points) -> None:
     run_report(runs, out, at_n, fit_points, BadInput)
 
 
-from attnbench.compare_cli import compare_cmd, export_cmd
+from attnbench.compare_cli import compare_cmd, export_cmd  # noqa: E402  (registered after the group exists)
 
 cli.add_command(compare_cmd)
 cli.add_command(export_cmd)
@@ -341,9 +245,9 @@ cli.add_command(export_cmd)
 @click.option("--tolerance", default=None, type=float,
               help="Allowed slowdown, a fraction (default 0.15 against the baseline, 0.10 with --base).")
 @click.option("--base", default=None, help="Git revision to compare with side by side on this machine.")
-@click.option("--methods", "methods_spec", default=None, help="Comma list narrowing the suite.")
+@methods_option(help="Comma list narrowing the suite.")
 @click.option("--update", is_flag=True, help="Measure the suite and rewrite the baseline.")
-@click.option("--device", default=None, help="cpu or cuda (default: best present).")
+@device_option()
 @click.option("--repeats", default=None, type=int, help="Interleaved repetitions (default: the baseline's).")
 @click.option("--n", "n_spec", default=None, help="With --update: token counts, a comma list.")
 @click.option("--m", "m_value", default=None, type=int, help="With --update: budget of budgeted methods.")
@@ -356,6 +260,7 @@ def check_cmd(baseline_path, tolerance, base, methods_spec, update, device, repe
               head_dim, block_ms, accept_spec) -> None:
     """CI gate: correctness, then speed against the stored baseline (exit 1 on failure)."""
     from attnbench import check
+    from attnbench.spec import parse_n_spec
 
     device = check_device(device or best_device())
     if (tolerance is not None and not (0 <= tolerance < float("inf"))) or (repeats is not None and repeats < 3):
@@ -369,18 +274,15 @@ def check_cmd(baseline_path, tolerance, base, methods_spec, update, device, repe
         raise BadInput(f"{', '.join(k for k, v in shape.items() if v is not None)} apply only with --update")
     if any(v is not None and v <= 0 for v in (m_value, heads, head_dim, block_ms)):
         raise BadInput("--m, --heads, --head-dim and --block-ms must be positive")
-    try:
-        ns = tuple(parse_n_spec(n_spec)) if n_spec else None
-    except SpecError as exc:
-        raise BadInput(str(exc)) from None
+    ns = tuple(spec_errors(parse_n_spec, n_spec)) if n_spec else None
     opts = check.CheckOptions(
-        plugins=click.get_current_context().meta.get("attnbench.plugins", ()),
+        plugins=plugins_of_context(),
         device=device, baseline=Path(baseline_path) if baseline_path else check.default_baseline_path(device),
         tolerance=tolerance, methods=resolve_methods(methods_spec, device) if methods_spec else None,
         repeats=repeats, ns=ns, m=m_value, heads=heads, head_dim=head_dim, block_ms=block_ms, base=base,
         accept=resolve_methods(accept_spec, device) if accept_spec is not None else ())
     try:
-        code = (check.run_update(opts, click.echo, ["bench.py"] + sys.argv[1:]) if update
+        code = (check.run_update(opts, click.echo, argv()) if update
                 else check.run_check(opts, click.echo))
     except check.BaselineError as exc:
         raise BadInput(str(exc)) from None
@@ -393,25 +295,27 @@ def check_cmd(baseline_path, tolerance, base, methods_spec, update, device, repe
 @click.option("--out", required=True, help="Output .safetensors file (read by --workload file:OUT).")
 def capture_cmd(model, weights, random_weights, seed, text, images, n, batch, fit_batch, out) -> None:
     """Record every layer's q, k, v of a pretrained model into a file the file: workload reads."""
+    from attnbench.capture.cli import run_capture_cmd
+
     run_capture_cmd(BadInput, model, weights, random_weights, seed, text, images, n, batch, fit_batch, out)
 
 
 @cli.command("drift")
 @plugin_option
 @model_options
-@click.option("--attention", required=True, help="Registered method(s) replacing every layer's attention, comma list.")
+@methods_option(required=True, help="Registered method(s) replacing every layer's attention, comma list.")
 @click.option("--m", "m_spec", default="30", show_default=True, help="Budgets of budgeted methods, comma list.")
-@click.option("--param", "param_items", multiple=True, metavar="METHOD.KEY=VALUE", help="Method parameter (repeatable).")
+@param_option
 @click.option("--fit", default="none", show_default=True, help="none, closed or distill (comma list), per layer.")
-@click.option("--fit-iters", default=20, show_default=True, type=int, help="closed: fixed-point iterations.")
-@click.option("--fit-steps", default=200, show_default=True, type=int, help="distill: Adam steps.")
-@click.option("--fit-lr", default=5e-2, show_default=True, type=float, help="distill: Adam learning rate.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@fit_budget_options
+@device_option("cpu")
 @click.option("--out", default=None, help="Run folder (default results/drift-<model>); rerun to resume.")
-def drift_cmd(model, weights, random_weights, seed, text, images, n, batch, fit_batch, attention, m_spec,
+def drift_cmd(model, weights, random_weights, seed, text, images, n, batch, fit_batch, methods_spec, m_spec,
               param_items, fit, fit_iters, fit_steps, fit_lr, device, out) -> None:
     """Swap a pretrained model's attention in every layer; compare its outputs with the exact model's."""
-    run_drift_cmd(BadInput, model, attention, m_spec, param_items, fit, fit_iters, fit_steps, fit_lr, weights,
+    from attnbench.capture.cli import run_drift_cmd
+
+    run_drift_cmd(BadInput, model, methods_spec, m_spec, param_items, fit, fit_iters, fit_steps, fit_lr, weights,
                   random_weights, seed, text, images, n, batch, fit_batch, check_device(device), out)
 
 
@@ -485,6 +389,14 @@ def kit_cmd(out) -> None:
         raise BadInput(str(exc)) from None
 
 
+def _bad_input_errors() -> tuple[type, ...]:
+    """The exceptions that mean bad input (one line, exit 2), from the modules imported so far
+    (an exception of a module not imported cannot have been raised)."""
+    names = {"attnbench.spec": "SpecError", "attnbench.workloads": "WorkloadError",
+             "attnbench.results": "RowsFileError", "attnbench.registry": "PluginError"}
+    return tuple(getattr(sys.modules[m], name) for m, name in names.items() if m in sys.modules)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input becomes one stderr line and exit status 2."""
     try:
@@ -497,11 +409,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message().splitlines()[0]}", err=True)
         return 2
-    except (SpecError, WorkloadError, RowsFileError, registry.PluginError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        return 2
     except OSError as exc:  # an output folder that cannot be made or written, a full disk
         click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        return 2
+    except Exception as exc:
+        if not isinstance(exc, _bad_input_errors()):
+            raise
+        click.echo(f"error: {exc}", err=True)
         return 2
     except KeyboardInterrupt:
         click.echo("interrupted; rows measured so far are kept", err=True)

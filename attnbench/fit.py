@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from attnbench.choices import FIT_MODES
 from attnbench.spec import one_line
 
-FIT_MODES = ("none", "closed", "distill")
 
 
 def adam_update(params: list[torch.Tensor], grads: tuple[torch.Tensor, ...],

@@ -3,9 +3,10 @@ model share. Fitting, counting and error metrics happen outside every timed regi
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
@@ -19,18 +20,9 @@ from attnbench.measure.flops import fvcore_macs, torch_flops
 from attnbench.measure.memory import peak_memory
 from attnbench.measure.timing import CallTimeout, time_fn
 from attnbench.methods.uniform import uniform_attention
+from attnbench.settings import Point, SweepConfig, fit_settings
 from attnbench.spec import DTYPES, is_oom, one_line
 from attnbench.workloads import Workload, make_workload
-
-if TYPE_CHECKING:
-    from attnbench.sweep import Point, SweepConfig
-
-
-def fit_settings(cfg: SweepConfig) -> dict[str, Any] | None:
-    """The fitting options that change a fitted row (part of its resume key); None without fitting."""
-    if cfg.fit == "none":
-        return None
-    return {"iters": cfg.fit_iters} if cfg.fit == "closed" else {"steps": cfg.fit_steps, "lr": cfg.fit_lr}
 
 
 def base_row(cfg: SweepConfig, p: Point) -> dict[str, Any]:
@@ -65,6 +57,18 @@ def make_call(module: torch.nn.Module, wl: Workload, mode: str) -> Callable[[], 
     def call_fwdbwd():
         return method_code(lambda: torch.autograd.grad(fwd(), leaves, grad_out, allow_unused=True))
     return call_fwdbwd
+
+
+def watched(call: Callable[[], Any], watch: Any) -> Callable[[], Any]:
+    """``call`` writing its start time (time.time()) into ``watch.value`` and 0 when it returns:
+    the parent of a worker reads it to kill a call that passes the call time limit."""
+    def watched_call():
+        watch.value = time.time()
+        try:
+            return call()
+        finally:
+            watch.value = 0.0
+    return watched_call
 
 
 def available_ram_bytes() -> int | None:
@@ -130,12 +134,13 @@ def harness(step: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
 
 
 def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], ExactReference],
-                  extra: PointData | None = None) -> dict[str, Any]:
+                  extra: PointData | None = None, watch: Any = None) -> dict[str, Any]:
     """Measure one point into a row; failures become rows with their status and message.
 
     A failure of the method's own code is an ``error`` (or ``oom``) row; a failure of attnbench's
     measuring code is a ``harness_error`` row naming the step, or raises under ATTNBENCH_STRICT=1.
-    Fitting (``cfg.fit``) happens before and outside every timed region.
+    Fitting (``cfg.fit``) happens before and outside every timed region. ``watch``: an object
+    whose ``value`` each timed call sets to its start time (see ``watched``), or None.
     """
     row = base_row(cfg, p)
     row["workload_params"] = wl.params
@@ -144,7 +149,7 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
             module = registry.build(p.method, heads=cfg.heads, head_dim=cfg.head_dim, params=p.params, m=p.m)
         except Exception as exc:
             raise MethodFailure(exc) from exc
-        _measure(cfg, p, module, wl, ref, extra, row)
+        _measure(cfg, p, module, wl, ref, extra, row, watch)
     except CallTimeout as exc:
         row.update(status="timeout", message=str(exc))
     except MethodFailure as exc:
@@ -157,7 +162,8 @@ def measure_point(cfg: SweepConfig, p: Point, wl: Workload, ref: Callable[[], Ex
 
 
 def _measure(cfg: SweepConfig, p: Point, module: torch.nn.Module, wl: Workload,
-             ref: Callable[[], ExactReference], extra: PointData | None, row: dict[str, Any]) -> None:
+             ref: Callable[[], ExactReference], extra: PointData | None, row: dict[str, Any],
+             watch: Any = None) -> None:
     """The steps of one point, filling ``row``; returns early for unsupported or too-big points."""
     module = method_code(lambda: module.to(cfg.device).eval())
     reason = method_code(module.unsupported_reason, cfg.device, cfg.dtype, p.n, cfg.head_dim)
@@ -173,6 +179,8 @@ def _measure(cfg: SweepConfig, p: Point, module: torch.nn.Module, wl: Workload,
                                iters=cfg.fit_iters, steps=cfg.fit_steps, lr=cfg.fit_lr))
     row["macs_analytic"] = int(method_code(module.macs, cfg.batch, p.n, wl.grid))
     call = method_code(make_call, module, wl, cfg.mode)
+    if watch is not None:
+        call = watched(call, watch)
     row.update(harness("timing", time_fn, call, cfg.device, cfg.timing))
     row.update(harness("peak memory", peak_memory, call, cfg.device))
     if cfg.count_flops:

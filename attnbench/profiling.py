@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -28,6 +28,7 @@ import torch
 from attnbench import registry
 from attnbench.measure.memory import quiet_native_stderr
 from attnbench.measure.roofline import bytes_min
+from attnbench.settings import Shape
 
 TABLE_COLUMNS = ("rank", "name", "calls", "self_ms_per_call", "share_pct", "bytes", "gbps")
 SKIP_PREFIXES = ("ProfilerStep",)  # the profiler's own step markers, not work
@@ -37,17 +38,15 @@ class ProfileError(ValueError):
     """A configuration that cannot be profiled; the message is one line."""
 
 
-@dataclass(frozen=True)
-class ProfileConfig:
+@dataclass(frozen=True, kw_only=True)
+class ProfileConfig(Shape):
+    """One profiled configuration: the shape (attnbench.settings.Shape), the method and its point."""
+
     method: str
     n: int
     m: int | None = None
-    device: str = "cpu"
-    dtype: str = "float32"
+    params: dict[str, Any] = field(default_factory=dict)   # constructor parameters over the defaults
     mode: str = "fwd"
-    batch: int = 1
-    heads: int = 6
-    head_dim: int = 64
     workload: str = "gaussian"
     seed: int = 0
     out: Path = Path("results/profile")
@@ -123,7 +122,7 @@ def build(cfg: ProfileConfig):
     from attnbench.spec import DTYPES
     from attnbench.workloads import make_workload
 
-    module = registry.build(cfg.method, heads=cfg.heads, head_dim=cfg.head_dim, m=cfg.m)
+    module = registry.build(cfg.method, heads=cfg.heads, head_dim=cfg.head_dim, params=cfg.params, m=cfg.m)
     module = module.to(cfg.device).eval()
     reason = module.unsupported_reason(cfg.device, cfg.dtype, cfg.n, cfg.head_dim)
     if reason:

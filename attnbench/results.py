@@ -7,6 +7,7 @@ away (``os.truncate``) before it appends.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -194,6 +195,17 @@ def measured_keys(out: Path, retry: tuple[str, ...] = ()) -> set[str]:
         return set()
     latest, _ = dedup(read_rows(rows_path, repair_tail=True))
     return {identity(r) for r in latest if r.get("status") not in retry}
+
+
+@contextlib.contextmanager
+def naming(path: str | Path):
+    """An OSError raised inside (a full disk: the write() call names no file) names ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 class FolderLock:

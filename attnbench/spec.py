@@ -9,8 +9,9 @@ from typing import Any, Iterable
 
 import torch
 
+from attnbench.choices import MODES  # noqa: F401  (spec.MODES, as before)
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-MODES = ("fwd", "fwdbwd")
 MESSAGE_LIMIT = 300  # characters of an exception's first line kept in a row or an error line
 
 

@@ -16,73 +16,15 @@ import torch
 from attnbench import registry, rows
 from attnbench.measure.env import collect_env, device_label
 from attnbench.measure.roofline import device_peaks
-from attnbench.measure.timing import TimingConfig, timing_config_dict
-from attnbench.point import base_row, fit_settings  # noqa: F401  (re-exported)
+from attnbench.measure.timing import timing_config_dict
+from attnbench.point import base_row
 from attnbench.results import FolderLock, RowWriter, measured_keys
 from attnbench.run import Progress, run_points
-from attnbench.spec import DTYPES, SpecError, param_variants
-from attnbench.workloads import file_dims, make_workload
+from attnbench.settings import Point, SweepConfig, expand_grid
+from attnbench.spec import DTYPES, SpecError
+from attnbench.workloads import check_workload_spec, file_dims, make_workload
 
-@dataclass(frozen=True)
-class SweepConfig:
-    ns: tuple[int, ...]
-    ms: tuple[int, ...] = (30,)
-    methods: tuple[str, ...] = ()
-    device: str = "cpu"
-    dtype: str = "float32"
-    batch: int = 1
-    heads: int = 6
-    head_dim: int = 64
-    mode: str = "fwd"
-    workload: str = "gaussian"
-    seed: int = 0
-    out: Path = Path("results/sweep-cpu")
-    params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    timing: TimingConfig = TimingConfig()
-    count_flops: bool = True
-    memory_guard: float = 0.8  # skip points whose scratch estimate exceeds this share of free RAM / device memory
-    fit: str = "none"          # none | closed | distill (attnbench.fit), on the workload's 'fit' split
-    fit_iters: int = 20        # closed: fixed-point iterations
-    fit_steps: int = 200       # distill: Adam steps
-    fit_lr: float = 5e-2       # distill: Adam learning rate
-    device_name: str | None = None  # GPU or CPU model (identity of a row); None: this machine's
-    layers: tuple[int | str | None, ...] = (None,)  # file: with a layer axis: 0..L-1; without: "all"
-    executor: str = "inline"   # inline | process | ray (attnbench.run); the CLI's default is process
-    workers: int | None = None   # process/ray workers; None: one per GPU on CUDA, one on CPU
-    point_timeout_s: float = 1200.0   # process/ray: seconds one whole point may take
-    worker_mem_limit: int | None = None   # process: address-space limit of a worker (bytes, RLIMIT_AS)
-    plugins: tuple[str, ...] = ()   # plugin files/modules workers import before measuring
-    retry_failed: bool = False  # measure again points whose latest row is crashed/timeout/error/harness_error
-    ray_address: str | None = None  # ray: cluster to join; None starts a local Ray instance
-
-
-@dataclass(frozen=True)
-class Point:
-    method: str
-    params: dict[str, Any]
-    n: int
-    m: int | None
-    layer: int | str | None = None
-
-
-def expand_grid(cfg: SweepConfig) -> list[Point]:
-    """Every (method, params, n, m, layer) point: budgeted methods once per m, the others once per n,
-    once per combination of the comma-list values given in --param, and once per layer of the
-    workload (``cfg.layers``)."""
-    return [replace(p, layer=layer) for layer in cfg.layers for p in _expand_methods(cfg)]
-
-
-def _expand_methods(cfg: SweepConfig) -> list[Point]:
-    points = []
-    for n in cfg.ns:
-        for name in cfg.methods:
-            info = registry.get_info(name)
-            user = {k: v for k, v in cfg.params.get(name, {}).items() if k != info.budget}
-            budgets = cfg.ms if info.budget else (None,)
-            for variant in param_variants(user):  # a comma list in --param: one series per value
-                params = {k: v for k, v in {**info.defaults, **variant}.items() if k != info.budget}
-                points += [Point(name, params, n, m) for m in budgets]
-    return points
+__all__ = ["Point", "SweepConfig", "SweepSummary", "expand_grid", "run_sweep"]
 
 
 def resolve_workload_dims(cfg: SweepConfig) -> tuple[SweepConfig, list[str]]:
@@ -139,9 +81,10 @@ def check_sizes(cfg: SweepConfig) -> None:
 
 def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = True) -> SweepSummary:
     """Measure every point of the grid not already in ``cfg.out/rows.jsonl`` (``cfg.executor`` runs them)."""
+    check_workload_spec(cfg.workload)
     cfg, notes = resolve_workload_dims(cfg)
     check_sizes(cfg)
-    if cfg.fit != "none" and cfg.workload.startswith("file:"):   # fail early: no fitting split
+    if cfg.workload.startswith("file:") and needs_fit_split(cfg):   # fail early: no fitting split
         make_workload(cfg.workload, cfg.batch, cfg.heads, cfg.ns[0], cfg.head_dim, dtype=torch.float32,
                       device="cpu", seed=cfg.seed, split="fit", layer=_layer_arg(cfg.layers[0]))
     cfg = replace(cfg, device_name=device_label(cfg.device))
@@ -171,6 +114,28 @@ def run_sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = 
         if bar is not None:
             bar.close()
     return summary
+
+
+def needs_fit_split(cfg: SweepConfig) -> bool:
+    """Whether ``cfg.fit`` fits any chosen method: ``closed`` a method with a closed-form fit,
+    ``distill`` one with trainable parameters (the others are measured as they are built)."""
+    if cfg.fit == "none":
+        return False
+    from attnbench.methods.base import AttentionMethod
+
+    for name in cfg.methods:
+        info = registry.get_info(name)
+        if cfg.fit == "closed" and getattr(info.cls, "fit_closed", None) is not AttentionMethod.fit_closed:
+            return True
+        if cfg.fit == "distill":
+            try:
+                module = registry.build(name, heads=cfg.heads, head_dim=cfg.head_dim, params=cfg.params.get(name),
+                                        m=cfg.ms[0] if cfg.ms else None)
+            except Exception:
+                return True         # cannot tell: ask for the split as before
+            if any(p.requires_grad for p in module.parameters()):
+                return True
+    return False
 
 
 def _layer_arg(layer: int | str | None) -> int | None:

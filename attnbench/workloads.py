@@ -72,6 +72,16 @@ def gaussian(batch: int, heads: int, n: int, head_dim: int, *, seed: int = 0,
 FIT_SEED_OFFSET = 1_000_003
 
 
+def check_workload_spec(spec: str) -> None:
+    """WorkloadError (one line) for a spec naming no workload or giving one an argument it does not
+    take; ``file:PATH`` is checked further when the file is read."""
+    name, colon, arg = spec.partition(":")
+    if name not in _WORKLOADS:
+        raise WorkloadError(f"unknown workload {spec!r}; known: {', '.join(workload_names())}")
+    if colon and "path" not in inspect.signature(_WORKLOADS[name]).parameters:
+        raise WorkloadError(f"workload {name!r} takes no ':' argument, got {spec!r}")
+
+
 def make_workload(spec: str, batch: int, heads: int, n: int, head_dim: int, *, dtype: torch.dtype,
                   device: str, seed: int = 0, split: str = "eval", layer: int | None = None) -> Workload:
     """Build workload ``spec`` ("name" or "name:arg") on CPU with ``seed``, then move it.

@@ -10,7 +10,8 @@ folders, and prints each run's wall time and the per-pair ratio process / inline
 ``scaling`` runs a 64-point sweep of ``tests/plugins/sleepy.py`` (each call sleeps
 ATTNBENCH_SLEEPY_S, 1 s by default; --min-run-time sets how many calls a point makes) with each
 worker count, and prints wall time, the span from the first to the last row written, and the
-speed-up and efficiency against the first count. With ``--ray-address`` the sweep joins a running cluster (started beforehand, e.g.
+speed-up and efficiency against the first count. With ``--ray-address`` the sweep joins a running cluster
+(started beforehand, e.g.
 ``ray start --head --resources '{"attnbench_timing": 4}'``), so Ray's own start-up is left out
 of the wall time; actor start-up stays in.
 

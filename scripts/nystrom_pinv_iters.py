@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python scripts/nystrom_pinv_iters.py
 """
-import torch, attnbench
+import torch
+import attnbench
 from attnbench.measure.error import exact_reference, error_metrics
 for n in (64, 197):
     g = torch.Generator().manual_seed(n)

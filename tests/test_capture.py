@@ -108,7 +108,7 @@ def test_capture_file_sweep_round_trip(minilm_file, minilm, tmp_path):
     path, _ = minilm_file
     cfg = SweepConfig(ns=(N,), ms=(4,), methods=("vanilla-math", "anchor"), workload=f"file:{path}",
                       out=tmp_path / "run", timing=TimingConfig(cpu_min_run_time_s=0.001), count_flops=False,
-                      fit="closed")
+                      fit="closed", executor="inline")
     summary = run_sweep(cfg, progress=False)
     rows = read_rows(tmp_path / "run" / "rows.jsonl")
     assert summary.written == 12 and {r["status"] for r in rows} == {"ok"}

@@ -1,6 +1,5 @@
 """The sweep CLI end to end on tiny shapes: rows, resume after a kill, and bad input."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -109,9 +108,9 @@ BAD_INPUTS = {
     "malformed-n": (["sweep", "--n", "12..abc"], "--n"),
     "zero-m": (["sweep", "--n", "16", "--m", "0,10"], "--m must be positive"),
     "unknown-method": (["sweep", "--n", "16", "--methods", "nope"], "known methods"),
-    "unknown-device": (["sweep", "--n", "16", "--device", "tpu"], "unknown device"),
-    "unknown-dtype": (["sweep", "--n", "16", "--dtype", "float8"], "unknown dtype"),
-    "unknown-mode": (["sweep", "--n", "16", "--mode", "bwd"], "unknown mode"),
+    "unknown-device": (["sweep", "--n", "16", "--device", "tpu"], "invalid value for '--device': 'tpu' is not one of"),
+    "unknown-dtype": (["sweep", "--n", "16", "--dtype", "float8"], "invalid value for '--dtype'"),
+    "unknown-mode": (["sweep", "--n", "16", "--mode", "bwd"], "invalid value for '--mode'"),
     "unknown-option": (["sweep", "--frobnicate"], "no such option"),
     "missing-plugin": (["list", "--plugin", "/nonexistent/plug.py"], "does not exist"),
     "param-unknown-key": (["sweep", "--n", "16", "--methods", "anchor", "--param", "anchor.bogus=1"], "anchor takes"),

@@ -16,7 +16,7 @@ from attnbench import rows
 from attnbench.cli import main
 from attnbench.results import FolderLock, read_rows
 from attnbench.run.schedule import Schedule
-from attnbench.sweep import Point
+from attnbench.settings import Point
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "plugins"

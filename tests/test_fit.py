@@ -103,7 +103,7 @@ def test_sweep_fit_is_recorded_and_outside_latency(tmp_path):
 
     for fit in ("none", "closed", "distill"):
         cfg = SweepConfig(ns=(64,), ms=(4,), methods=("anchor", "vanilla-math"), heads=2, head_dim=8,
-                          workload="image", out=tmp_path, count_flops=False, fit=fit, fit_steps=5,
+                          workload="image", out=tmp_path, count_flops=False, fit=fit, fit_steps=5, executor="inline",
                           timing=TimingConfig(cpu_min_run_time_s=0.01))
         run_sweep(cfg, progress=False)
     rows = read_rows(tmp_path / "rows.jsonl")

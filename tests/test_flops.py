@@ -4,7 +4,7 @@ import torch
 
 import attnbench
 from attnbench.measure.flops import fvcore_macs, matmul_macs, torch_flops
-from attnbench.sweep import base_row  # noqa: F401  (import check)
+from attnbench.point import base_row  # noqa: F401  (import check)
 
 SHAPES = [(1, 6, 196, 64), (2, 3, 300, 32)]
 

@@ -67,7 +67,7 @@ def test_fit_split_must_share_the_layer_axis(tmp_path):
 
 def sweep(path, out, methods=("vanilla-math", "uniform"), fit="none"):
     cfg = SweepConfig(ns=(1,), ms=(3,), methods=methods, workload=f"file:{path}", out=out, count_flops=False,
-                      timing=TimingConfig(cpu_min_run_time_s=0.001), fit=fit)
+                      timing=TimingConfig(cpu_min_run_time_s=0.001), fit=fit, executor="inline")
     return cfg, run_sweep(cfg, progress=False)
 
 

@@ -335,7 +335,9 @@ def test_grid_method_macs_match_counters_on_awkward_grids(name, kw, grid):
 # ---------------------------------------------------------------- linear, castling
 def _explicit_linear(q, k, v, eps):
     """O(N²): a_ij = φ(q_i)·φ(k_j) entry by entry, out = a v / (a 1 + eps)."""
-    phi = lambda x: torch.where(x > 0, x + 1, torch.exp(x))       # elu(x) + 1
+    def phi(x):                                                   # elu(x) + 1
+        return torch.where(x > 0, x + 1, torch.exp(x))
+
     fq, fk = phi(q), phi(k)
     a = torch.einsum("bhid,bhjd->bhij", fq, fk)
     return (a @ v) / (a.sum(-1, keepdim=True) + eps)

@@ -548,7 +548,6 @@ def test_biformer_all_regions_is_exact(grid, regions, qkv_factory):
 def test_biformer_padding_gets_zero_weight(qkv_factory):
     """15×20 with 7 regions: regions of 2 or 3 rows/cols in 3×3 slots; padded slots point at token 0
     and must carry exactly zero weight, so token 0 is seen only by queries whose region routes to it."""
-    from attnbench.methods.biformer import region_layout
 
     q, k, v = qkv_factory(1, 2, 300, 4, seed=1)
     mod = attnbench.create("biformer", heads=2, head_dim=4, regions=7, topk=4)

@@ -78,7 +78,7 @@ def test_budget_larger_than_tokens_is_an_unsupported_row(tmp_path, capsys):
                                          (["--attention", "nope"], "unknown method"),
                                          (["--img", "100"], "multiple of the patch size"),
                                          (["--m", "0"], "--m must be positive"),
-                                         (["--param", "shared"], "expected KEY=VALUE")],
+                                         (["--param", "shared"], "expected METHOD.KEY=VALUE")],
                          ids=["arch", "attention", "img", "m", "param"])
 def test_bad_model_input_is_one_line(args, needle, capsys, tmp_path):
     code = main(["model"] + args + ["--no-timing", "--out", str(tmp_path)])

@@ -33,7 +33,7 @@ def cluster():
 def cfg(out, executor, address=None):
     return SweepConfig(ns=(16, 24, 32, 40, 48), ms=(2, 4), methods=("uniform", "vanilla-math", "anchor"),
                        heads=2, head_dim=8, out=out, timing=TimingConfig(cpu_min_run_time_s=0.01),
-                       count_flops=False, executor=executor, ray_address=address)
+                       count_flops=False, executor=executor, ray_address=address, workload="gaussian", fit="none")
 
 
 def test_ray_rows_equal_the_process_rows_and_name_their_node(cluster, tmp_path):

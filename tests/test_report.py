@@ -1,7 +1,6 @@
 """bench.py report on synthetic rows: every output, every ok row, determinism, clear messages,
 and the statistics (scaling exponent, crossover, Pareto front) against known answers."""
 import json
-import math
 from pathlib import Path
 
 import numpy as np

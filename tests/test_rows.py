@@ -10,13 +10,15 @@ from attnbench import rows
 from attnbench.measure.error import exact_reference
 from attnbench.measure.timing import TimingConfig
 from attnbench.point import measure_point, point_data
-from attnbench.sweep import Point, SweepConfig, base_row
+from attnbench.point import base_row
+from attnbench.settings import Point, SweepConfig
 from attnbench.workloads import make_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_cfg(tmp_path, **kw):
+    kw = {"workload": "gaussian", "fit": "none", "executor": "inline", **kw}
     return SweepConfig(ns=(32,), ms=(4,), methods=("anchor",), heads=2, head_dim=8, out=tmp_path,
                        timing=TimingConfig(cpu_min_run_time_s=0.01), count_flops=True, **kw)
 

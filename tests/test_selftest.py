@@ -11,7 +11,8 @@ def row(method, n, ms, status="ok", frac=None, message=None):
 
 def test_fused_table_ratios_and_missing_methods():
     rows = [row("fused-anchor", 1024, 2.0, frac=0.61), row("anchor", 1024, 5.0), row("anchor-compiled", 1024, 3.0),
-            row("vanilla-sdpa", 1024, 1.0), row("vanilla-xformers", 1024, None, "unsupported", message="xformers is not importable")]
+            row("vanilla-sdpa", 1024, 1.0),
+            row("vanilla-xformers", 1024, None, "unsupported", message="xformers is not importable")]
     lines = selftest.fused_table(rows)
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     assert cells[:3] == ["1024", "2", "0.610"]

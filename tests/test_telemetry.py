@@ -126,7 +126,9 @@ def test_snapshot_units_and_unsupported_fields():
 def test_without_nvml_every_field_is_null_with_one_reason():
     tele = tm.LoopTelemetry(0)
     assert tele.lengthen(17, 0.5) == 17
-    tele.begin(); tele.end(); tele.flush_baseline(lambda: None, 17, lambda: None)
+    tele.begin()
+    tele.end()
+    tele.flush_baseline(lambda: None, 17, lambda: None)
     fields = tele.fields(17)
     assert set(fields) == set(tm.TELEMETRY_KEYS)
     assert all(fields[k] is None for k in tm.TELEMETRY_KEYS if k != "telemetry_reason")

@@ -22,6 +22,7 @@ def image_wl(n=150, head_dim=33, seed=0, split="eval", batch=2):
 
 
 def sweep_rows(tmp_path, **kw):
+    kw = {"workload": "gaussian", "fit": "none", "executor": "inline", "ms": (30,), **kw}
     cfg = SweepConfig(out=tmp_path, count_flops=False, timing=FAST, **kw)
     summary = run_sweep(cfg, progress=False)
     return read_rows(tmp_path / "rows.jsonl"), summary

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import click
 
 from attnbench.capture.errors import CaptureError
-from attnbench.fit import FIT_MODES
+from attnbench.choices import FIT_MODES
 from attnbench.spec import SpecError, parse_m_spec, parse_params
 
 
@@ -49,7 +49,7 @@ def method_list(bad, spec: str) -> tuple[str, ...]:
     except KeyError as exc:
         raise bad(exc.args[0]) from None
     if not names:
-        raise bad("--attention is empty: give registered method names, e.g. vanilla-sdpa,anchor")
+        raise bad("--methods is empty: give registered method names, e.g. vanilla-sdpa,anchor")
     return names
 
 
@@ -73,9 +73,9 @@ def run_drift_cmd(bad, model, attention, m_spec, param_items, fit, fit_iters, fi
     except SpecError as exc:
         raise bad(str(exc)) from None
     methods = method_list(bad, attention)
-    for name in params:
-        if name not in methods:
-            raise bad(f"--param names {name!r}, which is not among the --attention methods")
+    from attnbench.options import check_params
+
+    check_params(params, methods)
     out_dir = Path(out or f"results/drift-{model.replace(':', '-').replace('/', '-')}")
     cfg = DriftConfig(model=model, methods=methods, out=out_dir, ms=tuple(ms) or (30,), params=params,
                       fits=fit_list(bad, fit), fit_iters=fit_iters, fit_steps=fit_steps, fit_lr=fit_lr, text=text,
@@ -86,23 +86,3 @@ def run_drift_cmd(bad, model, attention, m_spec, param_items, fit, fit_iters, fi
     except CaptureError as exc:
         raise bad(str(exc)) from None
     click.echo(f"{len(rows)} drift rows written to {out_dir / 'rows.jsonl'}")
-
-
-def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options capture and drift share: model, weights, inputs, sizes."""
-    opts = [
-        click.option("--model", required=True, help="minilm | hf:PATH_OR_NAME | timm:NAME"),
-        click.option("--weights", default=None, help="timm: a weights file (.safetensors, .pth)."),
-        click.option("--random-weights", is_flag=True, help="timm: random weights from --seed (no download)."),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--text", default=None, help="Text file (default: the public-domain text shipped)."),
-        click.option("--images", default=None, help="Image folder (default: scikit-image photographs)."),
-        click.option("--n", default=None, type=int, help="Text: tokens per sequence (default 256)."),
-        click.option("--batch", default=None, type=int,
-                     help="Evaluation sequences (default: every window not used for fitting) or images (3)."),
-        click.option("--fit-batch", default=1, show_default=True, type=int,
-                     help="Fitting sequences or images, disjoint from the evaluation ones."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn

@@ -28,21 +28,21 @@ from attnbench.capture.capture import capture_qkv, model_inputs
 from attnbench.capture.models import LoadedModel, hidden_states, load_model, replaced
 from attnbench.fit import fit_module
 from attnbench.reference import exact_reference
+from attnbench.settings import FitSettings
 from attnbench.spec import is_oom, one_line
 from attnbench.workloads import Workload
 
 
-@dataclass(frozen=True)
-class DriftConfig:
+@dataclass(frozen=True, kw_only=True)
+class DriftConfig(FitSettings):
+    """One drift run; the fitting budgets are attnbench.settings.FitSettings."""
+
     model: str
     methods: tuple[str, ...]
     out: Path
     ms: tuple[int, ...] = (30,)
     params: dict[str, Any] = field(default_factory=dict)   # applied to every method that takes them
     fits: tuple[str, ...] = ("none",)
-    fit_iters: int = 20
-    fit_steps: int = 200
-    fit_lr: float = 5e-2
     text: str | None = None
     images: str | None = None
     n: int | None = None

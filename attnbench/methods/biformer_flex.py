@@ -3,7 +3,8 @@
 Same parameters and routing as ``biformer`` (region means, q̄ k̄ᵀ summed over heads, top-k). The
 tokens are gathered region by region (the reference's slot layout without its padding slots), so
 each region is a run of consecutive positions, and scattered back after attention; the mask_mod
-looks up "key's region is routed from the query's region" in a (B, R, R) boolean table. The routing depends on the input, so inside every timed call it is
+looks up "key's region is routed from the query's region" in a (B, R, R) boolean table. The routing
+depends on the input, so inside every timed call it is
 computed, written into that table, and turned into a BlockMask (shared by the heads) from
 per-block region counts: a block pair's allowed-pair count is C_q A C_kᵀ, with C the tokens of
 each region in each block and A the routed table, so nothing N × N is formed.
@@ -38,7 +39,8 @@ def block_region_counts(reg: torch.Tensor, r: int, block: int = FLEX_BLOCK) -> t
                              accumulate=True)
 
 
-@register("biformer-flex", default_sweep=("cuda",), family="biformer", needs_grid=True, defaults=dict(BiFormerAttention.info.defaults),
+@register("biformer-flex", default_sweep=("cuda",), family="biformer", needs_grid=True,
+          defaults=dict(BiFormerAttention.info.defaults),
           description="BiFormer bi-level routing with the routed regions as a FlexAttention block mask")
 class BiFormerFlex(FlexMixin, BiFormerAttention):
     """``biformer`` with flex_attention over the routed regions; see the module docstring."""
@@ -100,7 +102,8 @@ class BiFormerFlex(FlexMixin, BiFormerAttention):
     def macs(self, batch, n, grid=None):
         """Before any call: routing plus every block (an upper bound; rows carry the input's count)."""
         nb = -(-n // FLEX_BLOCK)
-        return self.routing_macs(batch, n, grid) + 2 * self.head_dim * batch * self.heads * min(n * n, nb * nb * FLEX_BLOCK ** 2)
+        dense = min(n * n, nb * nb * FLEX_BLOCK ** 2)
+        return self.routing_macs(batch, n, grid) + 2 * self.head_dim * batch * self.heads * dense
 
     def flex_impl(self, q, k, v, grid=None):
         with torch.no_grad():

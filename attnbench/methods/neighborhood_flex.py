@@ -14,7 +14,8 @@ from attnbench.methods.neighborhood import NeighborhoodAttention, neighbour_mask
 from attnbench.registry import register
 
 
-@register("neighborhood-flex", default_sweep=("cuda",), family="window", needs_grid=True, defaults=dict(NeighborhoodAttention.info.defaults),
+@register("neighborhood-flex", default_sweep=("cuda",), family="window", needs_grid=True,
+          defaults=dict(NeighborhoodAttention.info.defaults),
           description="2-D neighbourhood attention as a FlexAttention block mask")
 class NeighborhoodFlex(FlexMixin, NeighborhoodAttention):
     """``neighborhood`` with flex_attention; see the module docstring."""

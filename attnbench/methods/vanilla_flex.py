@@ -7,7 +7,8 @@ from attnbench.methods.vanilla import VanillaMath
 from attnbench.registry import register
 
 
-@register("vanilla-flex", default_sweep=("cuda",), family="vanilla", description="flex_attention with no mask (dense FlexAttention)")
+@register("vanilla-flex", default_sweep=("cuda",), family="vanilla",
+          description="flex_attention with no mask (dense FlexAttention)")
 class VanillaFlex(FlexMixin, VanillaMath):
     """flex_attention(q, k, v): every block computed; same math as ``vanilla-math``."""
 

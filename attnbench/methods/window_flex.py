@@ -46,7 +46,8 @@ def needed_pairs(g: WindowGeometry) -> int:
     return int((slot_mask(g) & real[:, :, None] & real[:, None, :]).sum())
 
 
-@register("window-flex", default_sweep=("cuda",), family="window", needs_grid=True, defaults=dict(WindowAttention.info.defaults),
+@register("window-flex", default_sweep=("cuda",), family="window", needs_grid=True,
+          defaults=dict(WindowAttention.info.defaults),
           description="Swin window attention (W-MSA / SW-MSA) as a FlexAttention block mask")
 class WindowFlex(FlexMixin, WindowAttention):
     """``window`` with flex_attention over the window-ordered slot sequence; see the module docstring."""

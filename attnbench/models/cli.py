@@ -8,6 +8,7 @@ import click
 
 from attnbench.models.audit import ModelConfig
 from attnbench.models.vit import ARCHS
+from attnbench.options import check_params
 from attnbench.spec import SpecError, parse_m_spec, parse_params
 
 
@@ -22,18 +23,25 @@ def model_configs(arch_spec: str, attentions: tuple[str, ...], img: int, m_spec:
         raise bad(f"--img must be a positive multiple of the patch size 16, got {img}")
     if iters <= 0 or (batch is not None and batch <= 0):
         raise bad("--iters and --batch must be positive")
-    if any("=" not in item or not item.partition("=")[0] for item in param_items):
-        raise bad(f"--param {next(i for i in param_items if '=' not in i or not i.partition('=')[0])!r} "
-                  "is malformed: expected KEY=VALUE")
     try:
         ms = parse_m_spec(m_spec) or [30]
-        params = parse_params(f"attention.{item}" for item in param_items).get("attention", {})
+        params = parse_params(q for item in param_items for q in _qualified(item, attentions))
     except SpecError as exc:
         raise bad(str(exc)) from None
+    check_params(params, attentions)
     batch = batch or (64 if device == "cuda" else 8)
-    return [ModelConfig(arch=a, attention=att, img=img, m=m, params=params, device=device, batch=batch,
+    return [ModelConfig(arch=a, attention=att, img=img, m=m, params=params.get(att, {}), device=device, batch=batch,
                         iters=iters, timing=timing)
             for a in archs for att in attentions for m in _budgets(att, ms)]
+
+
+def _qualified(item: str, attentions: tuple[str, ...]) -> list[str]:
+    """``KEY=VALUE`` (the old spelling, for every attention) as ``METHOD.KEY=VALUE`` items; the
+    others unchanged."""
+    head = item.partition("=")[0]
+    if "." in head or "=" not in item or not head:
+        return [item]
+    return [f"{att}.{item}" for att in attentions]
 
 
 def _budgets(attention: str, ms: list[int]) -> list[int | None]:

@@ -14,6 +14,7 @@ from attnbench.report.claims import claims_table
 from attnbench.report.energy import energy_frame
 from attnbench.report.load import RunData, load_runs
 from attnbench.report.render import Link, Page, to_html, to_markdown, write_tables
+from attnbench.results import naming
 from attnbench.spec import one_line
 
 INTRO = ("Which attention to use at each measured n. err_skill = 1 − err / err of uniform attention on the same "
@@ -291,6 +292,8 @@ def write_outputs(ctx: Context) -> None:
     out = ctx.result.out
     out.mkdir(parents=True, exist_ok=True)
     ctx.result.files += write_tables(ctx.page, out / "tables")
-    (out / "report.md").write_text(to_markdown(ctx.page), encoding="utf-8")
-    (out / "report.html").write_text(to_html(ctx.page, ctx.figures), encoding="utf-8")
+    with naming(out / "report.md"):
+        (out / "report.md").write_text(to_markdown(ctx.page), encoding="utf-8")
+    with naming(out / "report.html"):
+        (out / "report.html").write_text(to_html(ctx.page, ctx.figures), encoding="utf-8")
     ctx.result.files += [out / "report.md", out / "report.html"]

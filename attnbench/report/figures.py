@@ -24,6 +24,7 @@ from matplotlib.text import Text  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
 from attnbench.report.stats import pareto_mask  # noqa: E402
+from attnbench.results import naming  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "attnbench", "svg.fonttype": "none", "figure.dpi": 100})
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")
@@ -59,10 +60,11 @@ def save(fig, folder: Path, name: str) -> list[Path]:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     buf.seek(0)
-    with Image.open(buf) as img:
+    with Image.open(buf) as img, naming(paths[0]):
         img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
                                     dither=Image.Dither.NONE).save(paths[0], optimize=True)
-    fig.savefig(paths[1], metadata={"Date": None, "Creator": None})
+    with naming(paths[1]):
+        fig.savefig(paths[1], metadata={"Date": None, "Creator": None})
     plt.close(fig)
     return paths
 

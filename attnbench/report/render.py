@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from attnbench.results import naming
+
 
 @dataclass(frozen=True)
 class Link:
@@ -115,7 +117,8 @@ def html_table(frame: pd.DataFrame, row_ids: list[str] | None = None, name: str 
     ids = row_ids or [None] * len(frame)
     body = "".join((f"<tr id='{html.escape(i)}'>" if i else "<tr>") + "".join(f"<td>{html_cell(c)}</td>" for c in row)
                    + "</tr>" for i, row in zip(ids, cells(frame)))
-    return f"<table class='sortable' data-name='{html.escape(name)}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (f"<table class='sortable' data-name='{html.escape(name)}'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table>")
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:0.8em auto;padding:0 1em;font-size:14px}"
@@ -166,7 +169,8 @@ def to_html(page: Page, figures: Path, title: str = "attnbench report") -> str:
                        + html_table(b.frame, b.row_ids, b.name) + "</div>")
         elif b.kind == "figure":
             data = base64.b64encode((figures / f"{b.name}.png").read_bytes()).decode("ascii")
-            out.append(f"<figure id='fig-{html.escape(b.name)}'><img alt='{html.escape(b.text)}' src='data:image/png;base64,{data}'>"
+            out.append(f"<figure id='fig-{html.escape(b.name)}'>"
+                       f"<img alt='{html.escape(b.text)}' src='data:image/png;base64,{data}'>"
                        f"<figcaption>{html.escape(b.text)}</figcaption></figure>")
     return "\n".join(out) + f"\n<script>{SORT_SCRIPT}</script>\n</body></html>\n"
 
@@ -195,8 +199,10 @@ def write_tables(page: Page, folder: Path) -> list[Path]:
     paths = []
     for b in page.tables():
         csv, tex = folder / f"{b.name}.csv", folder / f"{b.name}.tex"
-        csv_safe(b.frame).to_csv(csv, index=False, lineterminator="\n")
-        tex.write_text(to_booktabs(b.frame, b.text), encoding="utf-8")
+        with naming(csv):
+            csv_safe(b.frame).to_csv(csv, index=False, lineterminator="\n")
+        with naming(tex):
+            tex.write_text(to_booktabs(b.frame, b.text), encoding="utf-8")
         paths += [csv, tex]
     return paths
 

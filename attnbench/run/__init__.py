@@ -8,44 +8,12 @@ Every executor calls ``on_row(point, row)`` in the sweep's process, which alone 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
-if TYPE_CHECKING:
-    from attnbench.sweep import Point, SweepConfig
+from attnbench.run.common import OnRow, Progress, failure_row, point_label
+from attnbench.settings import EXECUTORS, Point, SweepConfig
 
-EXECUTORS = ("inline", "process", "ray")
-OnRow = Callable[["Point", dict], None]
-
-
-@dataclass
-class Progress:
-    """What is in flight where: ``shown`` is called with one line each time it changes."""
-
-    shown: Callable[[str], None] = lambda line: None
-    inflight: dict[str, str] = field(default_factory=dict)
-
-    def start(self, worker: str, p: Point) -> None:
-        self.inflight[worker] = point_label(p)
-        self.shown(self.line())
-
-    def stop(self, worker: str) -> None:
-        self.inflight.pop(worker, None)
-        self.shown(self.line())
-
-    def line(self) -> str:
-        return " | ".join(f"{w}: {label}" for w, label in sorted(self.inflight.items())) or "idle"
-
-
-def point_label(p: Point) -> str:
-    return f"{p.method} n={p.n}" + (f" m={p.m}" if p.m is not None else "")
-
-
-def failure_row(cfg: SweepConfig, p: Point, status: str, message: str, where: dict[str, Any]) -> dict[str, Any]:
-    """The row of a point whose worker died or passed a time limit."""
-    from attnbench.sweep import base_row
-
-    return {**base_row(cfg, p), "status": status, "message": message, **where}
+__all__ = ["EXECUTORS", "OnRow", "Progress", "failure_row", "point_label", "run_points"]
 
 
 def run_points(cfg: SweepConfig, todo: list[Point], peaks: dict[str, Any], on_row: OnRow,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench import rows
-from attnbench.results import FolderLock, RowWriter, RowsFileError, read_lines, read_rows
+from attnbench.results import LOCK_NAME, FolderLock, RowWriter, RowsFileError, read_lines, read_rows
 
 PROVENANCE = {"run_id", "timestamp", "env", "executor", "worker_host", "worker_pid", "device_index",
               "device_uuid", "ray_node_id"}
@@ -40,9 +40,15 @@ def merge_runs(folders: list[Path], out: Path, keep: str | None = None) -> Merge
     if keep not in (None, "newest", "oldest"):
         raise RowsFileError(f"unknown --keep {keep!r}; use newest or oldest")
     sources = [(f, _folder_rows(f)) for f in folders]
+    created = not Path(out).exists()
     with FolderLock(out):
         existing = rows.dedup(read_rows(out / "rows.jsonl", repair_tail=True))[0] if (out / "rows.jsonl").exists() else []
-        chosen, dups, resolved = _union([(out, existing)] + sources, keep)
+        try:
+            chosen, dups, resolved = _union([(out, existing)] + sources, keep)
+        except MergeConflict:
+            if created:     # refused before writing: leave no folder holding only the lock
+                _remove_lock_only_folder(Path(out))
+            raise
         new = [r for r in chosen.values() if not any(r is e for e in existing)]
         kept_out = {rows.identity(r) for r in existing if chosen.get(rows.identity(r)) is r}
         writer = RowWriter(out / "rows.jsonl")
@@ -51,6 +57,13 @@ def merge_runs(folders: list[Path], out: Path, keep: str | None = None) -> Merge
         runs = _merge_runs_files(folders, out)
     superseded = len({rows.identity(r) for r in existing}) - len(kept_out)
     return MergeSummary(rows=len(chosen), duplicates=dups + superseded, conflicts_resolved=resolved, runs=runs)
+
+
+def _remove_lock_only_folder(folder: Path) -> None:
+    lock = folder / LOCK_NAME
+    if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+        lock.unlink()
+        folder.rmdir()
 
 
 def _folder_rows(folder: Path) -> list[dict[str, Any]]:

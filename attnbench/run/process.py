@@ -17,13 +17,11 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from attnbench.run import OnRow, Progress, failure_row, point_label
+from attnbench.run.common import OnRow, Progress, failure_row, point_label
 from attnbench.run.schedule import Schedule
-
-if TYPE_CHECKING:
-    from attnbench.sweep import Point, SweepConfig
+from attnbench.settings import Point, SweepConfig
 
 POLL_S = 0.2
 
@@ -69,8 +67,7 @@ def worker_main(conn: Connection, cfg: SweepConfig, peaks: dict[str, Any], slot:
     for spec in cfg.plugins:
         registry.load_plugin(spec)
     _set_threads()
-    _watch_calls(watch)
-    runner = PointRunner(cfg, peaks, worker_fields("process", cfg.device, slot.device_index))
+    runner = PointRunner(cfg, peaks, worker_fields("process", cfg.device, slot.device_index), watch)
     conn.send(("ready", runner.where))
     while True:
         try:
@@ -123,26 +120,6 @@ def _set_threads() -> None:
         import torch
 
         torch.set_num_threads(int(threads))
-
-
-def _watch_calls(watch: Any) -> None:
-    """Each timed call writes its start time into ``watch`` (0 between calls) for the parent."""
-    from attnbench import point
-
-    plain = point.make_call
-
-    def watched_make_call(*args: Any, **kwargs: Any):
-        call = plain(*args, **kwargs)
-
-        def watched():
-            watch.value = time.time()
-            try:
-                return call()
-            finally:
-                watch.value = 0.0
-        return watched
-
-    point.make_call = watched_make_call
 
 
 @dataclass

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from attnbench.run import OnRow, Progress, failure_row
+from attnbench.run.common import OnRow, Progress, failure_row
 from attnbench.run.schedule import Schedule
-
-if TYPE_CHECKING:
-    from attnbench.sweep import Point, SweepConfig
+from attnbench.settings import Point, SweepConfig
 
 RESOURCE = "attnbench_timing"
 POLL_S = 0.2
@@ -34,15 +32,13 @@ class PointActor:
         import ray
 
         from attnbench import registry
-        from attnbench.run.process import _watch_calls
         from attnbench.run.runner import PointRunner, worker_fields
 
         for spec in cfg.plugins:
             registry.load_plugin(spec)
         self.watch = _Clock()
-        _watch_calls(self.watch)
         node = ray.get_runtime_context().get_node_id()
-        self.runner = PointRunner(cfg, peaks, worker_fields("ray", cfg.device, ray_node_id=node))
+        self.runner = PointRunner(cfg, peaks, worker_fields("ray", cfg.device, ray_node_id=node), self.watch)
 
     def where(self) -> dict[str, Any]:
         return self.runner.where

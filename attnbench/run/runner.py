@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
@@ -13,12 +13,10 @@ from attnbench import registry
 from attnbench.measure.allocator import steady_allocator
 from attnbench.measure.error import ExactReference, exact_reference
 from attnbench.measure.roofline import roofline_columns
-from attnbench.point import HarnessFailure, measure_point, point_data, strict_harness
+from attnbench.point import HarnessFailure, base_row, measure_point, point_data, strict_harness
+from attnbench.settings import Point, SweepConfig
 from attnbench.spec import DTYPES, is_oom, one_line
 from attnbench.workloads import make_workload
-
-if TYPE_CHECKING:
-    from attnbench.sweep import Point, SweepConfig
 
 
 def worker_fields(executor: str, device: str, device_index: int | None = None,
@@ -41,23 +39,21 @@ class PointRunner:
     ``oom`` row for every point of that n.
     """
 
-    def __init__(self, cfg: SweepConfig, peaks: dict[str, Any], where: dict[str, Any]) -> None:
-        self.cfg, self.peaks, self.where = cfg, peaks, where
+    def __init__(self, cfg: SweepConfig, peaks: dict[str, Any], where: dict[str, Any], watch: Any = None) -> None:
+        self.cfg, self.peaks, self.where, self.watch = cfg, peaks, where, watch  # watch: see point.watched
         steady_allocator()                       # the same heap policy in every timing process
         self.n: tuple[int, Any] | None = None   # (n, layer) of the inputs held
         self.state: tuple[Any, Callable[[], ExactReference], Any] | None = None
         self.failure: dict[str, Any] | None = None    # status and message when the n's workload failed
 
     def measure(self, p: Point) -> dict[str, Any]:
-        from attnbench.sweep import base_row
-
         if (p.n, p.layer) != self.n:
             self._load(p.n, p.layer)
         if self.failure is not None:
             row = {**base_row(self.cfg, p), **self.failure}
         else:
             wl, ref, extra = self.state
-            row = measure_point(self.cfg, p, wl, ref, extra)
+            row = measure_point(self.cfg, p, wl, ref, extra, self.watch)
             row.update(roofline_columns(row, registry.get_info(p.method).uses_query, self.peaks))
         row.update(self.where)
         gc.collect()

@@ -3,10 +3,8 @@ holds, else a point taken from the n with the most points left (so no worker idl
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from attnbench.sweep import Point
+from attnbench.settings import Point
 
 
 class Schedule:
