@@ -183,10 +183,11 @@ def _measure(cfg: SweepConfig, p: Point, module: torch.nn.Module, wl: Workload,
         call = watched(call, watch)
     row.update(harness("timing", time_fn, call, cfg.device, cfg.timing))
     row.update(harness("peak memory", peak_memory, call, cfg.device))
+    touched = []   # harness steps that had the module since the timed call last worked
     if cfg.count_flops:
+        touched.append("flop counting")
         row.update(harness("flop counting", _count_flops, module, wl))
-    with torch.no_grad():
-        out = method_code(module, wl.q, wl.k, wl.v, grid=wl.grid)
+    out = _error_forward(module, wl, call, touched)
     exact = harness("exact reference", ref)
     row.update(harness("error metrics", error_metrics, out, exact.out))
     row["attn_entropy_ratio"] = exact.entropy_ratio
@@ -243,17 +244,48 @@ def _memory_guard(cfg: SweepConfig, module, n: int) -> str | None:
     return None
 
 
+def _error_forward(module, wl: Workload, call: Callable[[], Any], touched: list[str]) -> torch.Tensor:
+    """The no-grad forward whose output is measured for error. When it fails after harness steps
+    had the module (``touched``) and the timed call, which ran before them, now fails too, those
+    steps broke the module: a harness error naming them, not the method's error."""
+    try:
+        with torch.no_grad():
+            return method_code(module, wl.q, wl.k, wl.v, grid=wl.grid)
+    except MethodFailure as exc:
+        if touched and not _still_runs(call):
+            broken = RuntimeError(f"the method no longer runs after this step ({one_line(exc.original)})")
+            raise HarnessFailure(", ".join(touched), broken) from exc
+        raise
+
+
+def _still_runs(call: Callable[[], Any]) -> bool:
+    try:
+        call()
+    except Exception:
+        return False
+    return True
+
+
 def _count_flops(module, wl: Workload) -> dict[str, Any]:
+    """fvcore and FlopCounterMode on the module's counting copy, never on the module itself (a
+    compiled member's copy is uncompiled and counts flex_attention from its block mask)."""
+    target = method_code(module.counting_copy)
     out: dict[str, Any] = {}
-    notes = []
-    try:
-        out.update(fvcore_macs(module, wl.q, wl.k, wl.v, wl.grid))
-    except Exception as exc:
-        notes.append(f"fvcore: {one_line(exc)}")
-    try:
-        out.update(torch_flops(lambda: module(wl.q, wl.k, wl.v, grid=wl.grid)))
-    except Exception as exc:
-        notes.append(f"FlopCounterMode: {one_line(exc)}")
+    notes, extra = [], {}
+    counters = (("fvcore", "macs_fvcore", 1, lambda: fvcore_macs(target, wl.q, wl.k, wl.v, wl.grid)),
+                ("FlopCounterMode", "flops_torch", 2, lambda: torch_flops(lambda: target(wl.q, wl.k, wl.v, grid=wl.grid))))
+    for name, field, per_mac, count in counters:
+        target.count_extra()                      # start from nothing unseen
+        try:
+            out.update(count())
+        except Exception as exc:
+            notes.append(f"{name}: {one_line(exc)}")
+            continue
+        extra = target.count_extra()
+        out[field] += per_mac * extra.get("macs", 0)
+    if extra.get("flops_scope"):
+        out["flops_scope"] = extra["flops_scope"]
+    notes += [extra["flop_note"]] if extra.get("flop_note") else []
     out["flop_notes"] = "; ".join(notes) or None
     return out
 

@@ -21,6 +21,7 @@ error rows saying so; a CPU that inductor refuses (no AVX2) makes the rows unsup
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -146,6 +147,36 @@ def cpu_compile_reason() -> str | None:
             "no XPU and not macOS; inductor refuses this machine")
 
 
+def block_mask_macs(block_mask, batch: int, heads: int, qk_dim: int, v_dim: int) -> int:
+    """Multiply-adds of q kᵀ and P v over the blocks ``block_mask`` computes (partial and full),
+    each at its true extent at the sequence end, for ``batch`` x ``heads`` (the mask may broadcast)."""
+    import numpy as np
+
+    lq, lk = (int(x) for x in block_mask.seq_lengths)
+    bq, bk = (int(x) for x in block_mask.BLOCK_SIZE)
+    kinds = [(block_mask.kv_num_blocks, block_mask.kv_indices)]
+    if block_mask.full_kv_num_blocks is not None:
+        kinds.append((block_mask.full_kv_num_blocks, block_mask.full_kv_indices))
+    q_ext = np.array([min(bq, lq - s) for s in range(0, lq, bq)], dtype=np.float64)
+    k_ext = np.array([min(bk, lk - s) for s in range(0, lk, bk)], dtype=np.float64)
+    total = 0.0
+    for num, idx in kinds:   # plain numpy (from .tolist()): nothing here enters a counter's trace
+        nq = q_ext.shape[0]
+        num = np.array(num.tolist(), dtype=np.int64)[..., :nq]                  # (b, h, nq)
+        idx = np.array(idx.tolist(), dtype=np.int64)[..., :nq, :]               # (b, h, nq, nk)
+        used = np.arange(idx.shape[-1])[None, None, None, :] < num[..., None]
+        keys = np.where(used, k_ext[np.minimum(idx, k_ext.shape[0] - 1)], 0.0)
+        per_mask = float((keys.sum(-1) * q_ext).sum())                          # summed over the mask's (b, h)
+        total += per_mask * (batch * heads) / (num.shape[0] * num.shape[1])
+    return int(round(total * (qk_dim + v_dim)))
+
+
+FLEX_FLOPS_SCOPE = "fwd; flex_attention counted from its block mask (computed blocks), the rest by the counters"
+FLEX_FLOP_NOTE = ("FlexAttention member: the counters ran on an uncompiled copy of the module whose "
+                  "flex_attention call is counted from its block mask (q kᵀ and P v over the computed blocks, as "
+                  "the compiled kernel does); neither counter can trace flex_attention itself")
+
+
 class CompileError(RuntimeError):
     """torch.compile of flex_attention failed for this method and shape."""
 
@@ -159,11 +190,41 @@ class FlexMixin:
     compiled: Callable | None = None
     compile_time_s: float | None = None
 
+    counted_macs: int | None = None   # set on a counting copy: flex_attention work seen so far
+
     def attend(self, q, k, v, block_mask=None, score_mod=None) -> torch.Tensor:
         """flex_attention with the reference's logit scale (compiled once ``bench_fn`` has run)."""
+        if self.counted_macs is not None:
+            return self._counted_attend(q, k, v, block_mask)
         if self.compiled is not None:
             return self.compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=self.scale)
         return eager_flex(q, k, v, block_mask=block_mask, score_mod=score_mod, scale=self.scale)
+
+    def _counted_attend(self, q, k, v, block_mask) -> torch.Tensor:
+        """On a counting copy: add flex_attention's multiply-adds over its computed blocks and return
+        an output of the right shape (B, H, Lq, dv) without running flex_attention (which neither
+        fvcore nor FlopCounterMode can trace); the counters see the member's other work."""
+        b, h, lq, lk, d, dv = (int(x) for x in (*q.shape[:2], q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]))
+        if block_mask is None:   # (sizes are ints again: a jit trace hands them out as tensors)
+            macs = b * h * lq * lk * (d + dv)
+        else:
+            macs = block_mask_macs(block_mask, b, h, d, dv)
+        self.counted_macs += macs
+        return v.new_zeros(b, h, lq, v.shape[-1])
+
+    def counting_copy(self) -> torch.nn.Module:
+        """A copy for the FLOP counters: uncompiled, counting flex_attention from its block mask, so
+        the counters never touch this module's compiled function (see ``count_extra``)."""
+        memo = {id(self.compiled): None} if self.compiled is not None else {}
+        dup = copy.deepcopy(self, memo)     # caches and buffers too: the copy's forward writes its own
+        dup.compiled, dup.counted_macs = None, 0
+        return dup
+
+    def count_extra(self) -> dict[str, Any]:
+        """After a counter ran on a counting copy: flex_attention's multiply-adds it did not see
+        (then reset), and the row's scope and note."""
+        macs, self.counted_macs = self.counted_macs, 0
+        return {"macs": macs, "flops_scope": FLEX_FLOPS_SCOPE, "flop_note": FLEX_FLOP_NOTE}
 
     def compile_flex(self, run_once: Callable[[], torch.Tensor]) -> None:
         """Compile flex_attention (inductor, static shapes) and time the first call through it."""

@@ -1,6 +1,7 @@
 """Base class shared by every attention method (the exact reference is attnbench.reference)."""
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable
 
@@ -89,6 +90,15 @@ class AttentionMethod(torch.nn.Module):
 
     def macs(self, batch: int, n: int, grid: tuple[int, int] | None = None) -> int:
         raise NotImplementedError
+
+    def counting_copy(self) -> torch.nn.Module:
+        """The module the FLOP counters trace: a copy, so that they leave this one as they found it."""
+        return copy.deepcopy(self)
+
+    def count_extra(self) -> dict[str, Any]:
+        """Called on the counting copy after each counter: multiply-adds the counter could not see
+        (``macs``), the row's ``flops_scope`` and a ``flop_note``; nothing for most methods."""
+        return {}
 
     def attention_matrix(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          grid: tuple[int, int] | None = None) -> torch.Tensor | None:
