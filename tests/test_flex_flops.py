@@ -9,7 +9,7 @@ from attnbench.measure.error import exact_reference
 from attnbench.measure.timing import TimingConfig
 from attnbench.methods._flex import FLEX_BLOCK, block_mask_macs, cpu_compile_reason
 from attnbench.point import measure_point, point_data
-from attnbench.sweep import Point, SweepConfig
+from attnbench.settings import Point, SweepConfig
 from attnbench.workloads import make_workload
 
 needs_compile = pytest.mark.skipif(cpu_compile_reason() is not None, reason=str(cpu_compile_reason()))
