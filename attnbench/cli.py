@@ -14,6 +14,7 @@ import click
 from attnbench import registry
 from attnbench.capture.cli import model_options, run_capture_cmd, run_drift_cmd
 from attnbench.results import RowsFileError
+from attnbench.train.cli import run_train_cmd, train_options
 from attnbench.spec import DTYPES, MODES, SpecError, one_line, parse_m_spec, parse_n_spec, parse_params, positive
 from attnbench.workloads import WorkloadError
 
@@ -402,6 +403,16 @@ def drift_cmd(model, weights, random_weights, seed, text, images, n, batch, fit_
     """Swap a pretrained model's attention in every layer; compare its outputs with the exact model's."""
     run_drift_cmd(BadInput, model, attention, m_spec, param_items, fit, fit_iters, fit_steps, fit_lr, weights,
                   random_weights, seed, text, images, n, batch, fit_batch, check_device(device), out)
+
+
+@cli.command("train")
+@plugin_option
+@train_options
+def train_cmd(task, methods, n_spec, m_spec, steps, layers, width, heads, batch, lr, seed, threads, device,
+              eval_every, out) -> None:
+    """Train a small encoder with each attention on generated tasks: held-out accuracy beside step time."""
+    run_train_cmd(BadInput, task, methods, n_spec, m_spec, steps, layers, width, heads, batch, lr, seed, threads,
+                  check_device(device), eval_every, out)
 
 
 @cli.command("kernels")
