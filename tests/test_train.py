@@ -154,7 +154,7 @@ def test_cli_rows_resume_and_report(tmp_path, capsys):
     assert "8 point(s) already" in capsys.readouterr().out
     assert main(args[:-2] + ["--steps", "3", "--out", str(out), "--task", "grid"]) == 0  # a new identity
     assert len((out / "rows.jsonl").read_text().splitlines()) == 12
-    assert main(["report", str(out)]) == 0
+    assert main(["report", "--run", str(out)]) == 0
     md = (out / "report" / "report.md").read_text()
     assert "Trained quality (tasks: grid, listops)" in md and "Task listops" in md and "Verdict per task" in md
 

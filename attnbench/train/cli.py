@@ -94,7 +94,7 @@ def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec
     if skipped:
         click.echo(f"{skipped} point(s) already in {cfg.out / 'rows.jsonl'} were skipped (resume)")
     click.echo(f"{len(written)} train rows written to {cfg.out / 'rows.jsonl'}; "
-               f"`bench.py report {cfg.out}` writes their report")
+               f"`bench.py report --run {cfg.out}` writes their report")
 
 
 def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
