@@ -191,7 +191,8 @@ _WORKER = [
     _f("ray_node_id", TEXT, "", "Ray node ID of the worker (null off Ray)", group="worker"),
 ]
 
-FIELDS: tuple[Field, ...] = tuple(_IDENTITY + _OUTCOME + _TELEMETRY + _ROOFLINE + _MODEL + _DRIFT + _TRAIN + _PROVENANCE + _WORKER)
+FIELDS: tuple[Field, ...] = tuple(_IDENTITY + _OUTCOME + _TELEMETRY + _ROOFLINE + _MODEL + _DRIFT + _TRAIN
+                                   + _PROVENANCE + _WORKER)
 BY_NAME = {f.name: f for f in FIELDS}
 REQUIRED = ("method", "n", "status", "device", "dtype", "mode")
 POSITIVE = ("n", "m", "batch", "heads", "head_dim", "img")

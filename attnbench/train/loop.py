@@ -77,7 +77,8 @@ def base_row(cfg: TrainConfig, p: TrainPoint) -> dict[str, Any]:
     grid = task.grid(p.n)
     return {
         **rows.blank_row("train"), "task": p.task, "method": p.method, "family": info.family, "params": p.params,
-        "m": p.m, "n": p.n, "batch": batch_size(cfg.model, p.n), "train_cfg": {**cfg.model.as_dict(), "held_out": HELD_OUT[p.task]},
+        "m": p.m, "n": p.n, "batch": batch_size(cfg.model, p.n),
+        "train_cfg": {**cfg.model.as_dict(), "held_out": HELD_OUT[p.task]},
         "steps": cfg.steps[p.task], "seed": cfg.seed, "device": cfg.device, "device_name": device_label(cfg.device),
         "dtype": "float32", "mode": "train",
         "grid": list(grid) if grid else ("near-square factorisation of N" if info.needs_grid else None),
@@ -188,7 +189,8 @@ def _train(cfg: TrainConfig, p: TrainPoint, row: dict[str, Any], echo) -> dict[s
     tail = losses[-max(1, min(20, len(losses) // 10)):]
     return {
         "status": "ok", "message": ("no task-loss gradient reaches the attention's own parameters "
-                                    + ", ".join(sorted({k.split(".")[-1] for k in no_grad}))) if no_grad else None, "accuracy": acc, "chance": chance(task, p.n, hy),
+                                    + ", ".join(sorted({k.split(".")[-1] for k in no_grad}))) if no_grad else None,
+        "accuracy": acc, "chance": chance(task, p.n, hy),
         "final_loss": statistics.fmean(tail), "steps_done": steps,
         "step_ms": 1e3 * statistics.median(times) if times else None,
         "accuracy_curve": curve + [[steps, acc]],
