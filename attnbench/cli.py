@@ -17,6 +17,7 @@ from attnbench.options import (BadInput, best_device, check_device, check_params
                                plugins_of_context, positive_values, resolve_methods, shape_options,
                                shape_settings, spec_errors, timing_options)
 from attnbench.settings import DEFAULT_M, DEFAULT_N, SEED_MAX
+from attnbench.train.cli import run_train_cmd, train_options
 
 DEFAULT_M_TEXT = ",".join(str(m) for m in DEFAULT_M)
 
@@ -317,6 +318,16 @@ def drift_cmd(model, weights, random_weights, seed, text, images, n, batch, fit_
 
     run_drift_cmd(BadInput, model, methods_spec, m_spec, param_items, fit, fit_iters, fit_steps, fit_lr, weights,
                   random_weights, seed, text, images, n, batch, fit_batch, check_device(device), out)
+
+
+@cli.command("train")
+@plugin_option
+@train_options
+def train_cmd(task, methods, n_spec, m_spec, steps, layers, width, heads, batch, lr, seed, threads, device,
+              eval_every, out) -> None:
+    """Train a small encoder with each attention on generated tasks: held-out accuracy beside step time."""
+    run_train_cmd(BadInput, task, methods, n_spec, m_spec, steps, layers, width, heads, batch, lr, seed, threads,
+                  check_device(device), eval_every, out)
 
 
 @cli.command("kernels")

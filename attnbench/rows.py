@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from attnbench.measure.roofline import ROOFLINE_FIELDS
 from attnbench.measure.telemetry import TELEMETRY_KEYS
 
-KINDS = ("attention", "model", "drift")
+KINDS = ("attention", "model", "drift", "train")
 STATUSES = ("ok", "oom", "error", "unsupported", "timeout", "crashed", "harness_error")
 RETRY_STATUSES = ("crashed", "timeout", "error", "harness_error")   # what --retry-failed measures again
 NUMBER, INT, TEXT, FLAG, MAPPING, LIST, ANY = "number", "int", "text", "flag", "mapping", "list", "any"
@@ -49,8 +49,9 @@ def _f(name, type_, unit, doc, kinds=("attention",), key=False, group=""):
 
 
 _IDENTITY = [
-    _f("kind", TEXT, "", "`attention` (a sweep point), `model` (a whole-model audit) or `drift` (a pretrained "
-       "model with its attention replaced)", BOTH, True),
+    _f("kind", TEXT, "", "`attention` (a sweep point), `model` (a whole-model audit), `drift` (a pretrained "
+       "model with its attention replaced) or `train` (a small model trained with it on a generated task)",
+       BOTH, True),
     _f("method", TEXT, "", "registry name of the attention", BOTH, True),
     _f("family", TEXT, "", "the method's family (vanilla, anchor, window, ...)", BOTH),
     _f("params", MAPPING, "", "constructor parameters other than the budget", BOTH, True),
@@ -76,6 +77,10 @@ _IDENTITY = [
     _f("model", TEXT, "", "the pretrained model (minilm, hf:..., timm:...)", ("drift",), True, "drift_model"),
     _f("revision", TEXT, "", "its weights' revision", ("drift",), True, "drift_model"),
     _f("inputs", MAPPING, "", "the held-out inputs compared on (text or images, windows)", ("drift",), True),
+    _f("task", TEXT, "", "the generated task trained on (recall, listops, grid)", ("train",), True, "train_id"),
+    _f("train_cfg", MAPPING, "", "model and optimiser settings (layers, width, heads, mlp_ratio, lr, weight_decay, "
+       "warmup, held_out) and the training steps asked for", ("train",), True, "train_id"),
+    _f("steps", INT, "", "", ("train",), True, "train_id"),
 ]
 
 _OUTCOME = [
@@ -88,9 +93,9 @@ _OUTCOME = [
     _f("timing", MAPPING, "", "how it was timed: method, budgets with their units, calls; CPU: "
        "torch.utils.benchmark blocked_autorange; CUDA: CUDA events, L2 flushed before each call", BOTH),
     _f("peak_mem_bytes", INT, "bytes", "peak bytes allocated during one call above the live inputs, output "
-       "included (CUDA allocator statistics; CPU: the profiler's allocation events summed in time order)",
-       group="memory"),
-    _f("peak_mem_method", TEXT, "", "which of the two measured it", group="memory"),
+       "included (CUDA allocator statistics; CPU: the profiler's allocation events summed in time order); "
+       "train rows: during one training step", ("attention", "train"), group="memory"),
+    _f("peak_mem_method", TEXT, "", "which of the two measured it", ("attention", "train"), group="memory"),
     _f("macs_analytic", INT, "MACs", "forward multiply-adds by the method's formula (matrix products only)",
        group="macs"),
     _f("macs_fvcore", INT, "MACs", "forward multiply-adds by fvcore (the papers' \"FLOPs\")", BOTH, group="macs"),
@@ -134,13 +139,13 @@ _ROOFLINE = [_f(k, TEXT if k == "roofline_flops_basis" else NUMBER, "",
 
 _MODEL = [
     _f("attention", TEXT, "", "the attention in every block (registry name)", ("model",)),
-    _f("param_count", INT, "", "model parameters", ("model",)),
+    _f("param_count", INT, "", "model parameters", ("model", "train")),
     _f("images_per_s", NUMBER, "images/s", "forward throughput at `batch`", ("model",)),
 ]
 
 _DRIFT = [
     _f("layers", INT, "", "layers whose attention was replaced (all of them)", ("drift",), group="drift"),
-    _f("grid", ANY, "", "token grid given to grid methods, or how they factorise N without one", ("drift",),
+    _f("grid", ANY, "", "token grid given to grid methods, or how they factorise N without one", ("drift", "train"),
        group="drift"),
     _f("embedding_cos_mean", NUMBER, "", "mean / min cosine of the pooled embeddings, swapped vs exact model "
        "(encoders)", ("drift",), group="embedding"),
@@ -155,6 +160,19 @@ _DRIFT = [
     _f("logit_kl_max", NUMBER, "nats", "", ("drift",), group="logits"),
 ]
 
+_TRAIN = [
+    _f("accuracy", NUMBER, "", "held-out accuracy after training (a fraction; recall: of the queries); its "
+       "chance level (recall: 1 / pairs, else the most common held-out label's share)", ("train",),
+       group="accuracy"),
+    _f("chance", NUMBER, "", "", ("train",), group="accuracy"),
+    _f("accuracy_curve", LIST, "", "[step, held-out accuracy] pairs during training", ("train",), group="accuracy"),
+    _f("final_loss", NUMBER, "nats", "mean training loss of the last steps; steps trained; median time of one "
+       "step (forward, backward, optimiser); wall time of the whole point", ("train",), group="train_time"),
+    _f("steps_done", INT, "", "", ("train",), group="train_time"),
+    _f("step_ms", NUMBER, "ms", "", ("train",), group="train_time"),
+    _f("wall_s", NUMBER, "s", "", ("train",), group="train_time"),
+]
+
 _PROVENANCE = [
     _f("run_id", TEXT, "", "the invocation that measured the row (see runs.jsonl)", BOTH, group="provenance"),
     _f("timestamp", TEXT, "", "UTC time the row was measured", BOTH, group="provenance"),
@@ -165,7 +183,7 @@ _PROVENANCE = [
 # Where a row was measured: the executor and its worker (filled by attnbench.run).
 _WORKER = [
     _f("executor", TEXT, "", "inline (the sweep's own process), process (an isolated worker process) or ray",
-       group="worker"),
+       ("attention", "train"), group="worker"),
     _f("worker_host", TEXT, "", "host name of the worker", group="worker"),
     _f("worker_pid", INT, "", "process id of the worker", group="worker"),
     _f("device_index", INT, "", "index of the CUDA device in the machine's numbering (null on CPU)", group="worker"),
@@ -173,7 +191,8 @@ _WORKER = [
     _f("ray_node_id", TEXT, "", "Ray node ID of the worker (null off Ray)", group="worker"),
 ]
 
-FIELDS: tuple[Field, ...] = tuple(_IDENTITY + _OUTCOME + _TELEMETRY + _ROOFLINE + _MODEL + _DRIFT + _PROVENANCE + _WORKER)
+FIELDS: tuple[Field, ...] = tuple(_IDENTITY + _OUTCOME + _TELEMETRY + _ROOFLINE + _MODEL + _DRIFT + _TRAIN
+                                   + _PROVENANCE + _WORKER)
 BY_NAME = {f.name: f for f in FIELDS}
 REQUIRED = ("method", "n", "status", "device", "dtype", "mode")
 POSITIVE = ("n", "m", "batch", "heads", "head_dim", "img")

@@ -102,3 +102,30 @@ def test_compare_pairs_table_sorts_by_ratio(compare_page):
     up = [float(x) for x in B.column(driver, table, col)]
     assert up == sorted(up) and up[0] < 1 < up[-1]
     driver.execute_script("window.scrollTo(0, 0);")
+
+
+def _train_rows():
+    from attnbench.train.loop import TrainConfig, TrainPoint, base_row
+
+    cfg = TrainConfig(tasks=("recall", "grid"), methods=(), ns={"recall": (64, 256), "grid": (64, 256)})
+    out = []
+    for task in ("recall", "grid"):
+        for n in (64, 256):
+            for i, (name, m) in enumerate((("vanilla-sdpa", None), ("anchor", 16), ("uniform", None))):
+                acc = {0: 1.0, 1: 0.99 if n == 64 else 0.5, 2: 0.2}[i]
+                out.append({**base_row(cfg, TrainPoint(task, name, {}, m, n)), "status": "ok", "accuracy": acc,
+                            "chance": 0.125, "final_loss": 1.0, "steps_done": 10, "step_ms": 5.0 - i + n / 64,
+                            "wall_s": 1.0, "run_id": "run-1", "timestamp": "2026-01-01T00:00:00+00:00"})
+    return out
+
+
+def test_a_train_only_report_renders_with_its_figures(tmp_path):
+    run = write_run(tmp_path / "run", _train_rows())
+    assert main(["report", "--run", str(run), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Trained quality (tasks: grid, recall)" in md and "falls off from n=256" in md
+    with B.headless() as driver:
+        B.open_page(driver, tmp_path / "out" / "report.html")
+        shown = B.images(driver)
+    assert len(shown) == len(list((tmp_path / "out" / "figures").glob("*.png"))) == 4
+    assert all(done and w > 0 and h > 0 for done, w, h in shown), shown

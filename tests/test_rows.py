@@ -186,3 +186,16 @@ def test_m_reaches_the_constructor_within_five_calls_of_the_command(tmp_path, sc
                  "--min-run-time", "0.01", "--no-flops", "--quiet", "--out", str(tmp_path)])
     assert code == 0 and depth["m"] == 3
     assert depth["calls"] is not None and depth["calls"] <= 5, depth
+
+
+def test_train_rows_are_declared_with_their_identity():
+    from attnbench.train.loop import TrainConfig, TrainPoint, base_row
+
+    cfg = TrainConfig(tasks=("recall",), methods=(), ns={"recall": (64,)})
+    row = {**base_row(cfg, TrainPoint("recall", "anchor", {}, 16, 64)), "status": "ok", "accuracy": 0.5,
+           "chance": 0.125, "final_loss": 1.0, "steps_done": 150, "step_ms": 3.0, "wall_s": 1.0}
+    assert rows.type_problem(row) is None
+    assert {"task", "train_cfg", "steps", "method", "m", "n", "seed", "device", "dtype"} <= set(rows.key_fields("train"))
+    assert rows.identity(row) != rows.identity({**row, "task": "grid"}) != rows.identity({**row, "steps": 2})
+    assert rows.identity(row) == rows.identity({**row, "accuracy": 0.9})
+    assert "accuracy" in rows.type_problem({**row, "accuracy": "high"})

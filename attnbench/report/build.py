@@ -9,6 +9,7 @@ import pandas as pd
 
 from attnbench.report import figures as F
 from attnbench.report import tables as T
+from attnbench.report import train as TR
 from attnbench.report import verdict as V
 from attnbench.report.claims import claims_table
 from attnbench.report.energy import energy_frame
@@ -219,6 +220,32 @@ def model_section(ctx: Context, rows: pd.DataFrame) -> None:
               "/ published", claims, "no model row matches a published row.")
 
 
+def train_section(ctx: Context, rows: pd.DataFrame) -> None:
+    """Trained quality: per task accuracy against n, accuracy against step time, a verdict per task and n."""
+    ok = TR.ok_train(rows)
+    if ok.empty:
+        return
+    tasks = sorted(ok["task"].unique())
+    ctx.page.add("h2", "Trained quality (tasks: " + ", ".join(tasks) + ")")
+    ctx.page.add("p", "A small pre-norm encoder trained with each attention in every block on generated tasks; "
+                      "held-out accuracy (a fraction) beside the median time of one training step. Verdict: the "
+                      f"fastest method within {TR.TOLERANCE} accuracy of exact attention, or none.")
+    falloff = TR.anchor_falloff(ok)
+    if falloff:
+        ctx.page.add("p", falloff)
+    add_table(ctx, "train-verdict", "Verdict per task and n", TR.verdicts(ok), "none")
+    for task in tasks:
+        ctx.page.add("h3", f"Task {task}")
+        add_table(ctx, f"train-{task}", f"{task}: held-out accuracy per method and n", TR.accuracy_table(ok, task),
+                  "none")
+        sub = ok[ok["task"] == task]
+        add_figure(ctx, sub, ("accuracy", "n"), f"train-{task}-accuracy", f"{task}: held-out accuracy against n",
+                   lambda task=task: TR.accuracy_figure(ok, task), f"train {task}")
+        add_figure(ctx, sub, ("accuracy", "step_ms"), f"train-{task}-pareto",
+                   f"{task}: held-out accuracy against training step time (exact attention starred)",
+                   lambda task=task: TR.pareto_figure(ok, task), f"train {task}")
+
+
 def provenance_section(ctx: Context, data: RunData) -> None:
     rows = data.rows
     stamps = sorted(str(t) for t in rows.get("timestamp", pd.Series(dtype=object)).dropna())
@@ -282,6 +309,7 @@ def build_report(runs: list[Path], out: Path, at_n: int | None = None, fit_point
     for (label, sub), (suffix, group) in zip(grouped, names):
         tables_section(ctx, label, sub, suffix, group)
     model_section(ctx, data.rows)
+    train_section(ctx, data.rows)
     failed_section(ctx, data.rows)
     provenance_section(ctx, data)
     write_outputs(ctx)

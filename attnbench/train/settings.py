@@ -1,0 +1,29 @@
+"""The settings of ``bench.py train`` that its options and rows carry, without torch (so that
+parsing the command line imports no torch)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+TASK_NAMES = ("recall", "listops", "grid")   # the keys of attnbench.train.tasks.TASKS (tested)
+DEFAULT_STEPS = {"recall": 150, "listops": 150, "grid": 150}
+DEFAULT_N = {"recall": (64, 256), "listops": (64, 256), "grid": (64, 256)}
+DEFAULT_M = 16
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model and optimiser settings a train row's identity carries."""
+
+    layers: int = 2
+    width: int = 64
+    heads: int = 4
+    mlp_ratio: int = 2
+    batch: int | None = None          # sequences per step; None: tokens // n
+    tokens: int = 4096                # tokens per step when batch is None
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: int = 20                  # linear learning-rate warm-up steps, then cosine to 0.1 lr
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

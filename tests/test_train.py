@@ -1,0 +1,176 @@
+"""bench.py train: tasks, the model around every method, learning, rows, resume, bad input."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from attnbench import registry, rows
+from attnbench.cli import main
+from attnbench.train import tasks as T
+from attnbench.train.loop import TrainConfig, TrainPoint, build_model, loss_of, train_point
+from attnbench.train.model import ModelSettings
+
+FLEX = {m["name"] for m in registry.list_methods("cpu") if not m["default_sweep"]}
+SWEEP = [m["name"] for m in registry.list_methods() if m["available"]]
+# The predictor picks keys by top-k, which has no gradient: the paper trains it with a distillation
+# loss, so from the task loss alone it never learns (the row's message says so).
+NO_TASK_GRADIENT = {"sparsifiner", "sparsifiner-dense", "sparsifiner-flex"}
+
+
+def _marks(name):
+    marks = [pytest.mark.slow] if name in FLEX else []
+    if name in NO_TASK_GRADIENT:
+        marks.append(pytest.mark.xfail(reason="top-k predictor: no task-loss gradient", strict=True))
+    return marks
+
+
+def _eval_listops(tokens: list[int]) -> int:
+    """An independent evaluator: a stack machine over the token ids."""
+    stack: list[list[int]] = []
+    ops = {T._OP0 + i: name for i, name in enumerate(T.LISTOPS_OPS)}
+    result = None
+    for t in tokens:
+        if t in ops:
+            stack.append([t])
+        elif t == T._CLOSE:
+            op, *args = stack.pop()
+            name = ops[op]
+            value = {"MAX": max(args), "MIN": min(args), "SM": sum(args) % 10,
+                     "MED": sorted(args)[(len(args) - 1) // 2] if len(args) % 2 else
+                     int(np.median(args))}[name]
+            if stack:
+                stack[-1].append(value)
+            else:
+                result = value
+        elif T._DIGIT0 <= t < T._DIGIT0 + 10:
+            if stack:
+                stack[-1].append(t - T._DIGIT0)
+            else:
+                result = t - T._DIGIT0
+    return result
+
+
+def test_listops_labels_are_the_expressions_values():
+    x, y = T.make_listops(64, 40, np.random.default_rng(3))
+    for seq, label in zip(x[:, :, 0], y):
+        tokens = [int(t) for t in seq if t != T._PAD]
+        assert len(tokens) <= 64
+        assert _eval_listops(tokens) == label
+
+
+def test_recall_queries_ask_earlier_keys_and_their_values():
+    n = 48
+    x, y = T.make_recall(n, 8, np.random.default_rng(1))
+    p = T.recall_pairs(n)
+    for seq, lab in zip(x, y):
+        table = {int(k): int(v) for k, v in seq[:p]}
+        assert len(table) == p                                   # distinct keys
+        assert (lab[:p] == T.IGNORE).all()
+        vocab = T._recall_vocab(n)
+        for (k, marker), value in zip(seq[p:], lab[p:]):
+            assert marker == 2 * vocab and table[int(k)] == vocab + value
+
+
+def test_grid_labels_agree_with_an_independent_flood_fill():
+    from scipy import ndimage
+
+    x, y = T.make_grid(64, 30, np.random.default_rng(2))
+    assert 0 < y.sum() < len(y)
+    for seq, label in zip(x[:, :, 0], y):
+        cells = seq.reshape(8, 8)
+        marks = np.argwhere(cells == T._MARK)
+        assert len(marks) == 2
+        parts, _ = ndimage.label(cells != T._EMPTY)                # 4-connectivity
+        assert (parts[tuple(marks[0])] == parts[tuple(marks[1])]) == bool(label)
+
+
+def _tiny(task="recall", n=16, **kw):
+    s = ModelSettings(layers=1, width=16, heads=2, batch=4, **kw)
+    return TrainConfig(tasks=(task,), methods=(), ns={task: (n,)}, ms=(4,), steps={task: 2}, model=s)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in SWEEP])
+def test_every_method_trains_two_steps_with_gradients_in_its_own_parameters(name):
+    cfg = _tiny()
+    info = registry.get_info(name)
+    p = TrainPoint("recall", name, {}, 4 if info.budget else None, 16)
+    model = build_model(cfg, p)
+    x, y = T.TASKS["recall"].batch(16, 4, np.random.default_rng(0))
+    with torch.no_grad():
+        model(x, None)                                  # parameters made on the first call
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = {k: t.detach().clone() for k, t in model.attention_parameters()}
+    for _ in range(2):
+        opt.zero_grad()
+        loss = loss_of(model(x, None), y)
+        assert math.isfinite(float(loss.detach()))
+        loss.backward()
+        own = model.attention_parameters()
+        for key, t in own:
+            assert t.grad is not None and t.grad.abs().sum() > 0, key
+        opt.step()
+    assert all(not torch.equal(before[k], t) for k, t in model.attention_parameters())
+
+
+def test_exact_attention_learns_recall_and_uniform_stays_at_chance():
+    """n = 32: 4 pairs, chance 0.25 (what averaging attention can reach)."""
+    s = ModelSettings(layers=1, width=32, heads=2, batch=32, lr=3e-3, warmup=10)
+    cfg = TrainConfig(tasks=("recall",), methods=(), ns={"recall": (32,)}, steps={"recall": 150}, model=s)
+    torch.set_num_threads(1)
+    exact = train_point(cfg, TrainPoint("recall", "vanilla-sdpa", {"backend": "auto"}, None, 32))
+    uniform = train_point(cfg, TrainPoint("recall", "uniform", {}, None, 32))
+    assert exact["status"] == uniform["status"] == "ok"
+    assert exact["chance"] == 0.25
+    assert exact["accuracy"] >= 0.9, exact["accuracy_curve"]
+    assert uniform["accuracy"] <= uniform["chance"] + 0.05, uniform["accuracy"]
+
+
+def test_training_is_deterministic_from_the_seed():
+    cfg = _tiny(task="grid")
+    a = train_point(cfg, TrainPoint("grid", "anchor", {}, 4, 16))
+    b = train_point(cfg, TrainPoint("grid", "anchor", {}, 4, 16))
+    assert a["status"] == "ok" and a["final_loss"] == b["final_loss"] and a["accuracy"] == b["accuracy"]
+
+
+def test_cli_rows_resume_and_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--task", "listops,grid", "--methods", "vanilla-sdpa,anchor,uniform,window", "--n", "16",
+            "--m", "4", "--steps", "2", "--width", "16", "--heads", "2", "--layers", "1", "--batch", "4",
+            "--out", str(out)]
+    assert main(args) == 0
+    written = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(written) == 8 and {r["task"] for r in written} == {"listops", "grid"}
+    for r in written:
+        assert rows.type_problem(r) is None and r["kind"] == "train"
+        assert set(r) <= {f.name for f in rows.fields_of("train")} | {"env", "run_id"}
+        assert r["status"] == "ok", r["message"]
+        assert 0 <= r["accuracy"] <= 1 and r["steps_done"] == 2 and r["step_ms"] > 0
+    assert main(args) == 0                                   # resume: nothing trained again
+    assert len((out / "rows.jsonl").read_text().splitlines()) == 8
+    assert "8 point(s) already" in capsys.readouterr().out
+    assert main(args[:-2] + ["--steps", "3", "--out", str(out), "--task", "grid"]) == 0  # a new identity
+    assert len((out / "rows.jsonl").read_text().splitlines()) == 12
+    assert main(["report", "--run", str(out)]) == 0
+    md = (out / "report" / "report.md").read_text()
+    assert "Trained quality (tasks: grid, listops)" in md and "Task listops" in md and "Verdict per task" in md
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--task", "nope"], "unknown --task"), (["--steps", "0"], "--steps must be positive"),
+    (["--n", "3"], "needs n >= 16"), (["--n", "64", "--m", "65"], "--m 65 is larger than n"),
+    (["--task", "grid", "--n", "20"], "square n"), (["--methods", "nope"], "unknown method")])
+def test_bad_input_is_one_line_and_exit_2(args, needle, capsys, tmp_path):
+    assert main(["train", "--out", str(tmp_path / "x"), *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_light_task_names_are_the_tasks():
+    from attnbench.train.settings import TASK_NAMES
+    from attnbench.train.tasks import TASKS
+
+    assert TASK_NAMES == tuple(TASKS)
