@@ -32,17 +32,13 @@ def _tasks(bad, spec: str | None) -> tuple[str, ...]:
 
 
 def _methods(bad, spec: str | None, device: str) -> tuple[str, ...]:
-    from attnbench import registry
-
+    """Named methods are parsed as on every command (``options.resolve_methods``, one line on bad
+    names); the default is the default sweep's, less what ``NOT_TRAINED_BY_DEFAULT`` leaves out."""
     if spec is None:
         return default_methods(device)
-    try:
-        names = registry.names_from_spec(spec)
-    except KeyError as exc:
-        raise bad(exc.args[0]) from None
-    if not names:
-        raise bad("--methods is empty: give registered method names, e.g. vanilla-sdpa,anchor")
-    return names
+    from attnbench.options import resolve_methods
+
+    return resolve_methods(spec, device)
 
 
 def _ns(bad, spec: str | None, tasks: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
