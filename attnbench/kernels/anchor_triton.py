@@ -68,10 +68,13 @@ def _fits(c, m_pad: int, d_pad: int, kernel: str) -> bool:
     warp (128 a thread). At M_PAD = 128, where sm_80 keeps the anchors in registers for every warp,
     only 8 warps and (BLOCK_N + 2 · D_PAD) · M_PAD <= 16384. The backward pass holds three more tiles
     of each kind: BLOCK_N · D_PAD + M_PAD · D_PAD <= 8192 float32 values in all, whatever the warps,
-    and M_PAD <= 64. Where no configuration fits (the backward at M_PAD = 128; pass 1 at M_PAD = 128,
-    D_PAD >= 64 on sm_80) the one with the fewest values a thread is kept, and it spills."""
+    and M_PAD <= 64. The shapes where none fits (the backward above M_PAD = 32; pass 1 at M_PAD = 128,
+    D_PAD >= 64) split the anchor axis instead (``anchor_block``, ``_fits_split``); where a prune keeps
+    nothing, the configuration with the fewest values a thread is kept (and the audit says if it spills)."""
     bn, w = c.kwargs["BLOCK_N"], c.num_warps
     if kernel == "bwd":
+        if w < 8 and bn * (m_pad + d_pad) > 6144:
+            return False  # 128-token tiles at M_PAD = D_PAD = 32, 4 warps: sm_90 spills at 3 stages
         return bn * d_pad + m_pad * d_pad <= 8192 and m_pad <= 64
     if m_pad >= 128:
         return w >= 8 and (bn + 2 * d_pad) * m_pad <= 16384
@@ -98,7 +101,12 @@ def _fits_split(c, block_m: int, d_pad: int, kernel: str) -> bool:
     dk and dv as well."""
     bn, w = c.kwargs["BLOCK_N"], c.num_warps
     if kernel == "bwd":
-        return w >= 8 and bn * d_pad + block_m * d_pad <= 8192
+        # at D_PAD = 32 the 32-token tile spills on sm_90 (255 registers) where 64 and 128 do not
+        return w >= 8 and bn * d_pad + block_m * d_pad <= 8192 and (bn >= 64 or d_pad >= 64)
+    if kernel == "pass1":
+        # the loop over the other anchor blocks keeps a second (BLOCK_N x BLOCK_M) logit tile live:
+        # sm_80 spills past 10240 values a program at 4 warps and past 12288 at 8 (bfloat16 compiles)
+        return (bn + d_pad) * block_m <= (10240 if w < 8 else 12288) and _fits(c, block_m, d_pad, kernel)
     return _fits(c, block_m, d_pad, kernel)
 
 
