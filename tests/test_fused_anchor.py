@@ -175,6 +175,37 @@ def test_triton_gradients_match_anchor_autograd(interp, backward):
         assert torch.isfinite(x).all() and rel_err(x, r) <= 4 * rel_err(y, r) + 1e-6, name
 
 
+SPLIT_CASES = [(200, 30, 16, 16), (130, 40, 32, 16), (129, 5, 32, 16)]  # (N, m, d, BLOCK_M): 2, 4 and 1 anchor blocks
+
+
+@pytest.mark.parametrize("n,m,d,block_m", SPLIT_CASES, ids=["N{}-m{}-d{}-bm{}".format(*c) for c in SPLIT_CASES])
+def test_split_anchor_axis_matches_float64_autograd(interp, n, m, d, block_m):
+    """The anchor axis split in BLOCK_M blocks (pass 1 statistics looped over the blocks; the
+    backward's dk and dv in their own programs), against float64 autograd through ``anchor``,
+    with a masked token tail and a masked anchor tail. Bound: 4x the float32 eager error + 1e-6."""
+    b, h = 1, 2
+    k, v, u = make_inputs(b, h, n, d, m, seed=5)
+    g = torch.randn(b, h, n, d, generator=torch.Generator().manual_seed(9)).to(KDEV)
+    scale = d ** -0.5
+    out, m2, s = interp.anchor_forward(k, v, u, scale, tokens_per_split=128, block_m=block_m)
+    dk, dv, du = interp.anchor_backward(g, k, v, u, m2, s, scale, tokens_per_split=128, block_m=block_m)
+    ref_leaf = u[0].detach().double().requires_grad_(True)
+    ref = _grads(lambda kk, vv, uu: anchor_attention(uu, kk, vv, scale), k.double(), v.double(), ref_leaf, g.double())
+    base = _grads(lambda kk, vv, uu: anchor_attention(uu, kk, vv, scale), k, v, u[0].clone().requires_grad_(True), g)
+    ref_out = anchor_attention(u.double(), k.double(), v.double(), scale)
+    eager_out = anchor_attention(u, k, v, scale)
+    assert torch.isfinite(out).all() and rel_err(out, ref_out) <= 4 * rel_err(eager_out, ref_out) + 1e-6
+    for name, x, y, r in zip(("dk", "dv", "danchors"), (dk, dv, du.sum(0)), base, ref):
+        assert torch.isfinite(x).all() and rel_err(x, r) <= 4 * rel_err(y, r) + 1e-6, name
+
+
+def test_anchor_block_splits_where_the_tiles_do_not_fit(interp):
+    """Pass 1 splits at M_PAD 128 with D_PAD >= 64, the backward above M_PAD 32; the others hold all."""
+    assert interp.anchor_block(128, 64, "pass1") < 128 and interp.anchor_block(128, 32, "pass1") == 128
+    assert interp.anchor_block(64, 32, "bwd") < 64 and interp.anchor_block(32, 128, "bwd") == 32
+    assert interp.anchor_block(128, 128, "pass2") == 128
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["per-head", "shared"])
 def test_cpu_path_gradients_equal_anchor_autograd(shared):
     """In float64 the chunked forward and backward equal ``anchor``'s autograd to rounding."""
