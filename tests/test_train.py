@@ -174,3 +174,44 @@ def test_the_light_task_names_are_the_tasks():
     from attnbench.train.tasks import TASKS
 
     assert TASK_NAMES == tuple(TASKS)
+
+
+KILLER = """
+import os
+import attnbench
+from attnbench.methods.vanilla import VanillaMath
+
+@attnbench.register("train-killer", family="vanilla", replace=True)
+class Killer(VanillaMath):
+    def forward(self, q, k, v, grid=None):
+        os._exit(3)
+"""
+
+
+def test_process_executor_rows_equal_inline_and_a_dying_worker_is_its_row(tmp_path):
+    """--executor process: the same rows as inline (deterministic on CPU), from spawned workers that
+    know the plugin's methods; a method that kills its worker is an error row, the others still train."""
+    plugin = tmp_path / "killer.py"
+    plugin.write_text(KILLER)
+    common = ["train", "--plugin", str(plugin), "--task", "recall", "--n", "16", "--m", "4", "--steps", "2",
+              "--width", "16", "--heads", "2", "--layers", "1", "--batch", "4"]
+    assert main(common + ["--methods", "vanilla-sdpa,anchor", "--out", str(tmp_path / "a")]) == 0
+    assert main(common + ["--methods", "vanilla-sdpa,train-killer,anchor", "--executor", "process", "--workers", "2",
+                          "--out", str(tmp_path / "b")]) == 0
+    inline = {r["method"]: r for r in map(json.loads, (tmp_path / "a" / "rows.jsonl").read_text().splitlines())}
+    spawned = {r["method"]: r for r in map(json.loads, (tmp_path / "b" / "rows.jsonl").read_text().splitlines())}
+    assert set(spawned) == {"vanilla-sdpa", "train-killer", "anchor"}
+    assert spawned["train-killer"]["status"] == "error" and "died" in spawned["train-killer"]["message"]
+    for name in ("vanilla-sdpa", "anchor"):
+        assert spawned[name]["status"] == "ok" and spawned[name]["executor"] == "process"
+        assert spawned[name]["final_loss"] == inline[name]["final_loss"]
+        assert spawned[name]["accuracy"] == inline[name]["accuracy"]
+
+
+@pytest.mark.parametrize("args, needle", [(["--executor", "ray"], "unknown --executor"),
+                                          (["--workers", "2"], "--workers needs --executor process"),
+                                          (["--executor", "process", "--workers", "0"], "--workers must be positive")])
+def test_bad_executor_options_are_one_line(args, needle, capsys, tmp_path):
+    assert main(["train", "--out", str(tmp_path / "x"), *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1

@@ -13,6 +13,7 @@ from attnbench.train.settings import DEFAULT_M, DEFAULT_N, DEFAULT_STEPS, TASK_N
 # In the CPU default sweep, but its forward is the eager `anchor` (it compiles only the timed
 # closure of a sweep point): training it would repeat `anchor` under another name.
 NOT_TRAINED_BY_DEFAULT = ("anchor-compiled",)
+TRAIN_EXECUTORS = ("inline", "process")
 
 
 def default_methods(device: str) -> tuple[str, ...]:
@@ -65,7 +66,8 @@ def _positive(bad, **values: float | None) -> None:
 
 
 def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec, steps, layers, width, heads,
-                  batch, lr, seed, threads, device, eval_every, out) -> None:
+                  batch, lr, seed, threads, device, eval_every, out, executor="inline", workers=None,
+                  plugins: tuple[str, ...] = ()) -> None:
     """Check the options, train every point not yet in OUT, one line each, then where the rows went."""
     import torch
 
@@ -73,7 +75,12 @@ def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec
     from attnbench.spec import SpecError, parse_m_spec
     from attnbench.train.loop import TrainConfig, run_train
 
-    _positive(bad, steps=steps, layers=layers, width=width, heads=heads, batch=batch, lr=lr, threads=threads)
+    _positive(bad, steps=steps, layers=layers, width=width, heads=heads, batch=batch, lr=lr, threads=threads,
+              workers=workers)
+    if executor not in TRAIN_EXECUTORS:
+        raise bad(f"unknown --executor {executor!r} for train; use {', '.join(TRAIN_EXECUTORS)}")
+    if workers is not None and executor == "inline":
+        raise bad("--workers needs --executor process")
     if eval_every is not None and eval_every < 0:
         raise bad(f"--eval-every must be 0 or positive, got {eval_every}")
     if width % heads:
@@ -93,7 +100,8 @@ def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec
                       model=ModelSettings(layers=layers, width=width, heads=heads, batch=batch, lr=lr),
                       seed=seed, device=device, out=Path(out or "results/train"), eval_every=eval_every or 0)
     torch.set_num_threads(threads)
-    written, skipped = run_train(cfg, argv=["bench.py"] + sys.argv[1:], echo=click.echo)
+    written, skipped = run_train(cfg, argv=["bench.py"] + sys.argv[1:], echo=click.echo, executor=executor,
+                                 workers=workers or 2, plugins=plugins)
     if skipped:
         click.echo(f"{skipped} point(s) already in {cfg.out / 'rows.jsonl'} were skipped (resume)")
     click.echo(f"{len(written)} train rows written to {cfg.out / 'rows.jsonl'}; "
@@ -108,7 +116,7 @@ def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--task", default=None, help=f"Tasks, comma list of {', '.join(TASK_NAMES)} (default: all)."),
         click.option("--methods", default=None, help="Registered methods (default: the default sweep's, "
                      "compiled ones left out on CPU)."),
-        click.option("--n", "n_spec", default=None, help="Token counts (default per task: 64,256; grid: 8x8, 16x16)."),
+        click.option("--n", "n_spec", default=None, help="Token counts (default per task: recall 64,128; listops 64,256; grid 8x8, 16x16)."),
         click.option("--m", "m_spec", default=None, help=f"Budgets of budgeted methods (default {DEFAULT_M})."),
         click.option("--steps", default=None, type=int, help=f"Training steps (default per task: {steps})."),
         click.option("--layers", default=d.layers, show_default=True, type=int),
@@ -121,6 +129,9 @@ def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
         click.option("--eval-every", default=None, type=int, help="Also score the held-out set every S steps."),
         click.option("--out", default=None, help="Run folder (default results/train); rerun to resume."),
+        click.option("--executor", default="inline", show_default=True, help="inline (this process) or process "
+                     "(--workers spawned processes train points at once, each with --threads threads)."),
+        click.option("--workers", default=None, type=int, help="Processes of --executor process (default 2)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

@@ -216,10 +216,13 @@ def record_invocation(cfg: TrainConfig, argv: list[str]) -> dict[str, Any]:
     return {"run_id": run_id, "env": env}
 
 
-def run_train(cfg: TrainConfig, argv: list[str] | None = None,
-              echo: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Train every point whose row is not already in OUT/rows.jsonl (inline, in this process);
-    returns the rows written and how many points were skipped as done."""
+def run_train(cfg: TrainConfig, argv: list[str] | None = None, echo: Callable[[str], None] | None = None,
+              executor: str = "inline", workers: int = 1, plugins: tuple[str, ...] = ()
+              ) -> tuple[list[dict[str, Any]], int]:
+    """Train every point whose row is not already in OUT/rows.jsonl: in this process
+    (``inline``) or in ``workers`` spawned processes at once (``process``; a worker that dies
+    makes its point an ``error`` row and the pool is restarted for the rest). Each row is
+    appended as it comes; returns the rows written and how many points were skipped as done."""
     from attnbench.results import FolderLock, RowWriter, measured_keys
 
     with FolderLock(cfg.out):
@@ -227,14 +230,75 @@ def run_train(cfg: TrainConfig, argv: list[str] | None = None,
         todo = [p for p in points(cfg) if rows.identity(base_row(cfg, p)) not in done]
         stamp = record_invocation(cfg, argv if argv is not None else sys.argv) if todo else {}
         writer, written = RowWriter(cfg.out / "rows.jsonl"), []
-        for p in todo:
-            row = train_point(cfg, p)
-            row.update(stamp, executor="inline", timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+        def keep(row: dict[str, Any]) -> None:
+            row.update(stamp, executor=executor, timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             writer.append(row)
             written.append(row)
             if echo is not None:
                 echo(summary_line(row))
+
+        if executor == "process" and todo:
+            _run_in_processes(cfg, todo, workers, keep, plugins)
+        else:
+            for p in todo:
+                keep(train_point(cfg, p))
     return written, len(points(cfg)) - len(todo)
+
+
+def _worker_init(threads: int, plugins: tuple[str, ...]) -> None:
+    """A spawned worker: the parent's torch threads and the methods its plugins registered."""
+    torch.set_num_threads(threads)
+    for spec in plugins:
+        registry.load_plugin(spec)
+
+
+def _run_in_processes(cfg: TrainConfig, todo: list[TrainPoint], workers: int,
+                      keep: Callable[[dict[str, Any]], None], plugins: tuple[str, ...] = ()) -> None:
+    """Train ``todo`` in ``workers`` spawned processes, each with this process's torch threads."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    left = list(todo)
+    while left:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(torch.get_num_threads(), plugins))
+        running: dict[Any, TrainPoint] = {}
+        suspects: list[TrainPoint] = []
+        try:
+            while (left or running) and not suspects:
+                while left and len(running) < workers:
+                    p = left.pop(0)
+                    running[pool.submit(train_point, cfg, p)] = p
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    p = running.pop(fut)
+                    try:
+                        keep(fut.result())
+                    except BrokenProcessPool:
+                        suspects.append(p)
+            suspects += running.values()       # a pool cannot say which worker died: every point it ran
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for p in suspects:                     # each alone, where a point that kills its worker is its own row
+            keep(_one_in_fresh_process(cfg, p, plugins))
+
+
+def _one_in_fresh_process(cfg: TrainConfig, p: TrainPoint, plugins: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One point in its own spawned process; its death is the point's ``error`` row."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(torch.get_num_threads(), plugins)) as pool:
+        try:
+            return pool.submit(train_point, cfg, p).result()
+        except BrokenProcessPool:
+            row = base_row(cfg, p)
+            row.update(status="error", message="the worker process died while training this point")
+            return row
 
 
 def summary_line(row: dict[str, Any]) -> str:
