@@ -116,7 +116,8 @@ def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--task", default=None, help=f"Tasks, comma list of {', '.join(TASK_NAMES)} (default: all)."),
         click.option("--methods", default=None, help="Registered methods (default: the default sweep's, "
                      "compiled ones left out on CPU)."),
-        click.option("--n", "n_spec", default=None, help="Token counts (default per task: recall 64,128; listops 64,256; grid 8x8, 16x16)."),
+        click.option("--n", "n_spec", default=None,
+                     help="Token counts (default per task: recall 64,128; listops 64,256; grid 8x8, 16x16)."),
         click.option("--m", "m_spec", default=None, help=f"Budgets of budgeted methods (default {DEFAULT_M})."),
         click.option("--steps", default=None, type=int, help=f"Training steps (default per task: {steps})."),
         click.option("--layers", default=d.layers, show_default=True, type=int),
