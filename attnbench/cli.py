@@ -324,11 +324,11 @@ def drift_cmd(model, weights, random_weights, seed, text, images, n, batch, fit_
 @plugin_option
 @train_options
 def train_cmd(task, methods, n_spec, m_spec, steps, layers, width, heads, batch, lr, seed, threads, device,
-              eval_every, out, executor, workers) -> None:
+              eval_every, out, executor, workers, ray_address) -> None:
     """Train a small encoder with each attention on generated tasks: held-out accuracy beside step time."""
     plugins = click.get_current_context().meta.get("attnbench.plugins", ())
     run_train_cmd(BadInput, task, methods, n_spec, m_spec, steps, layers, width, heads, batch, lr, seed, threads,
-                  check_device(device), eval_every, out, executor, workers, plugins)
+                  check_device(device), eval_every, out, executor, workers, plugins, ray_address)
 
 
 @cli.command("kernels")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -208,10 +209,23 @@ def test_process_executor_rows_equal_inline_and_a_dying_worker_is_its_row(tmp_pa
         assert spawned[name]["accuracy"] == inline[name]["accuracy"]
 
 
-@pytest.mark.parametrize("args, needle", [(["--executor", "ray"], "unknown --executor"),
-                                          (["--workers", "2"], "--workers needs --executor process"),
-                                          (["--executor", "process", "--workers", "0"], "--workers must be positive")])
+@pytest.mark.parametrize("args, needle", [(["--executor", "nope"], "unknown --executor"),
+                                          (["--workers", "2"], "--workers needs --executor process or ray"),
+                                          (["--executor", "process", "--workers", "0"], "--workers must be positive"),
+                                          (["--executor", "ray", "--workers", "0"], "--workers must be positive"),
+                                          (["--ray-address", "127.0.0.1:6379"], "--ray-address needs --executor ray"),
+                                          (["--executor", "process", "--ray-address", "127.0.0.1:6379"],
+                                           "--ray-address needs --executor ray")])
 def test_bad_executor_options_are_one_line(args, needle, capsys, tmp_path):
     assert main(["train", "--out", str(tmp_path / "x"), *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x" / "rows.jsonl").exists()
+
+
+def test_executor_ray_without_ray_installed_is_one_line_with_the_install_hint(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)            # `import ray` raises ImportError
+    assert main(["train", "--executor", "ray", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install -e ".[ray]"' in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

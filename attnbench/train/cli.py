@@ -13,7 +13,7 @@ from attnbench.train.settings import DEFAULT_M, DEFAULT_N, DEFAULT_STEPS, TASK_N
 # In the CPU default sweep, but its forward is the eager `anchor` (it compiles only the timed
 # closure of a sweep point): training it would repeat `anchor` under another name.
 NOT_TRAINED_BY_DEFAULT = ("anchor-compiled",)
-TRAIN_EXECUTORS = ("inline", "process")
+TRAIN_EXECUTORS = ("inline", "process", "ray")
 
 
 def default_methods(device: str) -> tuple[str, ...]:
@@ -67,7 +67,7 @@ def _positive(bad, **values: float | None) -> None:
 
 def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec, steps, layers, width, heads,
                   batch, lr, seed, threads, device, eval_every, out, executor="inline", workers=None,
-                  plugins: tuple[str, ...] = ()) -> None:
+                  plugins: tuple[str, ...] = (), ray_address: str | None = None) -> None:
     """Check the options, train every point not yet in OUT, one line each, then where the rows went."""
     import torch
 
@@ -80,7 +80,11 @@ def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec
     if executor not in TRAIN_EXECUTORS:
         raise bad(f"unknown --executor {executor!r} for train; use {', '.join(TRAIN_EXECUTORS)}")
     if workers is not None and executor == "inline":
-        raise bad("--workers needs --executor process")
+        raise bad("--workers needs --executor process or ray")
+    if ray_address and executor != "ray":
+        raise bad("--ray-address needs --executor ray")
+    if executor == "ray":
+        _need_ray(bad)
     if eval_every is not None and eval_every < 0:
         raise bad(f"--eval-every must be 0 or positive, got {eval_every}")
     if width % heads:
@@ -101,11 +105,20 @@ def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec
                       seed=seed, device=device, out=Path(out or "results/train"), eval_every=eval_every or 0)
     torch.set_num_threads(threads)
     written, skipped = run_train(cfg, argv=["bench.py"] + sys.argv[1:], echo=click.echo, executor=executor,
-                                 workers=workers or 2, plugins=plugins)
+                                 workers=workers, plugins=plugins, ray_address=ray_address)
     if skipped:
         click.echo(f"{skipped} point(s) already in {cfg.out / 'rows.jsonl'} were skipped (resume)")
     click.echo(f"{len(written)} train rows written to {cfg.out / 'rows.jsonl'}; "
                f"`bench.py report --run {cfg.out}` writes their report")
+
+
+def _need_ray(bad) -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        from attnbench.train.ray_exec import INSTALL_HINT
+
+        raise bad(INSTALL_HINT) from None
 
 
 def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -130,9 +143,12 @@ def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
         click.option("--eval-every", default=None, type=int, help="Also score the held-out set every S steps."),
         click.option("--out", default=None, help="Run folder (default results/train); rerun to resume."),
-        click.option("--executor", default="inline", show_default=True, help="inline (this process) or process "
-                     "(--workers spawned processes train points at once, each with --threads threads)."),
-        click.option("--workers", default=None, type=int, help="Processes of --executor process (default 2)."),
+        click.option("--executor", default="inline", show_default=True, help="inline (this process), process "
+                     "(--workers spawned processes train points at once, each with --threads threads) or ray "
+                     "(Ray actors, one GPU each on CUDA; see docs/train.md)."),
+        click.option("--workers", default=None, type=int, help="Processes of --executor process (default 2); "
+                     "actors of --executor ray (default: a local instance of 2, or as many as the cluster holds)."),
+        click.option("--ray-address", default=None, help="Ray cluster to join (default: start a local one)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

@@ -217,12 +217,14 @@ def record_invocation(cfg: TrainConfig, argv: list[str]) -> dict[str, Any]:
 
 
 def run_train(cfg: TrainConfig, argv: list[str] | None = None, echo: Callable[[str], None] | None = None,
-              executor: str = "inline", workers: int = 1, plugins: tuple[str, ...] = ()
-              ) -> tuple[list[dict[str, Any]], int]:
+              executor: str = "inline", workers: int | None = None, plugins: tuple[str, ...] = (),
+              ray_address: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """Train every point whose row is not already in OUT/rows.jsonl: in this process
-    (``inline``) or in ``workers`` spawned processes at once (``process``; a worker that dies
-    makes its point an ``error`` row and the pool is restarted for the rest). Each row is
-    appended as it comes; returns the rows written and how many points were skipped as done."""
+    (``inline``), in ``workers`` spawned processes at once (``process``, default 2; a worker that
+    dies makes its point an ``error`` row and the pool is restarted for the rest) or in Ray actors
+    (``ray``: attnbench.train.ray_exec, on the cluster at ``ray_address`` or a local instance of
+    ``workers`` slots). Only this process appends rows, each as it comes; returns the rows
+    written and how many points were skipped as done."""
     from attnbench.results import FolderLock, RowWriter, measured_keys
 
     with FolderLock(cfg.out):
@@ -239,7 +241,12 @@ def run_train(cfg: TrainConfig, argv: list[str] | None = None, echo: Callable[[s
                 echo(summary_line(row))
 
         if executor == "process" and todo:
-            _run_in_processes(cfg, todo, workers, keep, plugins)
+            _run_in_processes(cfg, todo, workers or 2, keep, plugins)
+        elif executor == "ray" and todo:
+            from attnbench.train.ray_exec import run_in_ray
+
+            run_in_ray(train_point, cfg, todo, keep, lambda p, why: lost_row(cfg, p, why), workers, plugins,
+                       ray_address, torch.get_num_threads())
         else:
             for p in todo:
                 keep(train_point(cfg, p))
@@ -296,9 +303,12 @@ def _one_in_fresh_process(cfg: TrainConfig, p: TrainPoint, plugins: tuple[str, .
         try:
             return pool.submit(train_point, cfg, p).result()
         except BrokenProcessPool:
-            row = base_row(cfg, p)
-            row.update(status="error", message="the worker process died while training this point")
-            return row
+            return lost_row(cfg, p, "the worker process died while training this point")
+
+
+def lost_row(cfg: TrainConfig, p: TrainPoint, message: str) -> dict[str, Any]:
+    """The ``error`` row of a point whose worker died."""
+    return {**base_row(cfg, p), "status": "error", "message": message}
 
 
 def summary_line(row: dict[str, Any]) -> str:
