@@ -65,3 +65,17 @@ def test_without_an_address_a_local_instance_of_workers_actors_trains(tmp_path):
     assert main(TINY + ["--methods", "uniform", "--executor", "ray", "--workers", "1", "--out", str(out)]) == 0
     (row,) = by_method(out / "rows.jsonl").values()
     assert row["status"] == "ok" and row["executor"] == "ray" and not ray.is_initialized()   # and stopped
+
+
+def test_a_ray_that_cannot_start_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ConnectionError("no cluster answers at 127.0.0.1:9\nsecond line")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    out = tmp_path / "run"
+    rc = main(["train", "--task", "recall", "--methods", "uniform", "--n", "16", "--steps", "2", "--width", "16",
+               "--heads", "2", "--layers", "1", "--executor", "ray", "--ray-address", "127.0.0.1:9", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, err
+    assert err[0].startswith("error: could not join Ray at 127.0.0.1:9: no cluster answers"), err
+    assert not (out / "rows.jsonl").exists() or not (out / "rows.jsonl").read_text().strip()

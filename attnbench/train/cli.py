@@ -104,8 +104,16 @@ def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec
                       model=ModelSettings(layers=layers, width=width, heads=heads, batch=batch, lr=lr),
                       seed=seed, device=device, out=Path(out or "results/train"), eval_every=eval_every or 0)
     torch.set_num_threads(threads)
-    written, skipped = run_train(cfg, argv=["bench.py"] + sys.argv[1:], echo=click.echo, executor=executor,
-                                 workers=workers, plugins=plugins, ray_address=ray_address)
+    try:
+        written, skipped = run_train(cfg, argv=["bench.py"] + sys.argv[1:], echo=click.echo, executor=executor,
+                                     workers=workers, plugins=plugins, ray_address=ray_address)
+    except Exception as exc:
+        from attnbench.train.ray_exec import RayRunError
+
+        if not isinstance(exc, RayRunError):
+            raise
+        click.echo(f"error: {exc}; the rows trained so far are in {cfg.out / 'rows.jsonl'}", err=True)
+        raise click.exceptions.Exit(1) from None
     if skipped:
         click.echo(f"{skipped} point(s) already in {cfg.out / 'rows.jsonl'} were skipped (resume)")
     click.echo(f"{len(written)} train rows written to {cfg.out / 'rows.jsonl'}; "

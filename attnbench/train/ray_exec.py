@@ -24,6 +24,10 @@ from attnbench.run.ray_exec import RESOURCE
 
 Row = dict[str, Any]
 
+
+class RayRunError(RuntimeError):
+    """Ray could not be started or has no room for a worker: one line for the user."""
+
 INSTALL_HINT = "--executor ray needs Ray: pip install -e \".[ray]\""
 DIED = "the Ray worker died while training this point"
 LOCAL_WORKERS = 2
@@ -56,19 +60,23 @@ def run_in_ray(fn: Callable[[Any, Any], Row], cfg: Any, todo: list, keep: Callab
     try:
         import ray
     except ImportError:
-        raise RuntimeError(INSTALL_HINT) from None
+        raise RayRunError(INSTALL_HINT) from None
     if not todo:
         return
     started_here = not ray.is_initialized()
     if started_here:
-        _init(ray, address, workers)
+        try:
+            _init(ray, address, workers)
+        except Exception as exc:  # an address with no cluster behind it, a local start that failed
+            raise RayRunError(f"could not {'join Ray at ' + address if address else 'start Ray'}: "
+                              f"{_first_line(exc)}") from None
     live: list = []                                   # every actor started, killed at the end
     try:
         remote_cls = ray.remote(max_restarts=0)(TrainActor)
         options = _actor_options(ray.cluster_resources(), cfg.device, threads)
         count = min(len(todo), _slots(ray.cluster_resources(), cfg.device, threads, workers))
         if count < 1:
-            raise RuntimeError(f"the Ray cluster has no room for a training worker ({_need(options)} each)")
+            raise RayRunError(f"the Ray cluster has no room for a training worker ({_need(options)} each)")
 
         def start():
             live.append(remote_cls.options(**options).remote(threads, plugins))
@@ -78,7 +86,7 @@ def run_in_ray(fn: Callable[[Any, Any], Row], cfg: Any, todo: list, keep: Callab
         try:
             ray.get([a.ready.remote() for a in actors])
         except ray.exceptions.RayError as exc:
-            raise RuntimeError(f"the Ray workers did not start: {_first_line(exc)}") from None
+            raise RayRunError(f"the Ray workers did not start: {_first_line(exc)}") from None
         _feed_loop(ray, actors, list(todo), lambda p: (fn, cfg, p), keep, lost, start)
     finally:
         for actor in live:
@@ -96,7 +104,7 @@ def _feed_loop(ray, idle: list, left: list, call, keep, lost, start) -> None:
             actor, p = idle.pop(0), left.pop(0)
             running[actor.train.remote(*call(p))] = (actor, p)
         if not running:
-            raise RuntimeError("no Ray worker left to train the remaining points")
+            raise RayRunError("no Ray worker left to train the remaining points")
         (ref,), _ = ray.wait(list(running), num_returns=1)
         actor, p = running.pop(ref)
         try:
