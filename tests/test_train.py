@@ -76,10 +76,23 @@ def test_recall_queries_ask_earlier_keys_and_their_values():
             assert marker == 2 * vocab and table[int(k)] == vocab + value
 
 
-def test_grid_labels_agree_with_an_independent_flood_fill():
+def test_grid_marks_are_far_apart_and_labels_say_whether_their_colours_match():
+    for side in (4, 8, 16):
+        x, y = T.make_grid(side * side, 60, np.random.default_rng(side))
+        assert y.sum() == 30                                       # half positive
+        for seq, label in zip(x, y):
+            marked = np.flatnonzero(seq[:, 1] == T.GRID_COLOURS + 1)
+            assert len(marked) == 2 and (seq[:, 1] >= T.GRID_COLOURS).all()
+            (r1, c1), (r2, c2) = (divmod(int(i), side) for i in marked)
+            assert max(abs(r1 - r2), abs(c1 - c2)) >= side // 2
+            assert (seq[:, 0] < T.GRID_COLOURS).all()
+            assert (seq[marked[0], 0] == seq[marked[1], 0]) == bool(label)
+
+
+def test_pathfinder_labels_agree_with_an_independent_flood_fill():
     from scipy import ndimage
 
-    x, y = T.make_grid(64, 30, np.random.default_rng(2))
+    x, y = T.make_pathfinder(64, 30, np.random.default_rng(2))
     assert 0 < y.sum() < len(y)
     for seq, label in zip(x[:, :, 0], y):
         cells = seq.reshape(8, 8)
@@ -141,7 +154,7 @@ def test_cli_rows_resume_and_report(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--task", "listops,grid", "--methods", "vanilla-sdpa,anchor,uniform,window", "--n", "16",
             "--m", "4", "--steps", "2", "--width", "16", "--heads", "2", "--layers", "1", "--batch", "4",
-            "--out", str(out)]
+            "--executor", "inline", "--out", str(out)]
     assert main(args) == 0
     written = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert len(written) == 8 and {r["task"] for r in written} == {"listops", "grid"}
@@ -196,7 +209,7 @@ def test_process_executor_rows_equal_inline_and_a_dying_worker_is_its_row(tmp_pa
     plugin.write_text(KILLER)
     common = ["train", "--plugin", str(plugin), "--task", "recall", "--n", "16", "--m", "4", "--steps", "2",
               "--width", "16", "--heads", "2", "--layers", "1", "--batch", "4"]
-    assert main(common + ["--methods", "vanilla-sdpa,anchor", "--out", str(tmp_path / "a")]) == 0
+    assert main(common + ["--methods", "vanilla-sdpa,anchor", "--executor", "inline", "--out", str(tmp_path / "a")]) == 0
     assert main(common + ["--methods", "vanilla-sdpa,train-killer,anchor", "--executor", "process", "--workers", "2",
                           "--out", str(tmp_path / "b")]) == 0
     inline = {r["method"]: r for r in map(json.loads, (tmp_path / "a" / "rows.jsonl").read_text().splitlines())}
@@ -210,7 +223,8 @@ def test_process_executor_rows_equal_inline_and_a_dying_worker_is_its_row(tmp_pa
 
 
 @pytest.mark.parametrize("args, needle", [(["--executor", "nope"], "unknown --executor"),
-                                          (["--workers", "2"], "--workers needs --executor process or ray"),
+                                          (["--executor", "inline", "--workers", "2"],
+                                           "--workers needs --executor process or ray"),
                                           (["--executor", "process", "--workers", "0"], "--workers must be positive"),
                                           (["--executor", "ray", "--workers", "0"], "--workers must be positive"),
                                           (["--ray-address", "127.0.0.1:6379"], "--ray-address needs --executor ray"),
@@ -229,3 +243,12 @@ def test_executor_ray_without_ray_installed_is_one_line_with_the_install_hint(ca
     err = capsys.readouterr().err
     assert 'pip install -e ".[ray]"' in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_default_workers_are_the_cores_over_the_threads(monkeypatch):
+    from attnbench.train.cli import default_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_workers("cpu", 4) == 4 and default_workers("cpu", 1) == 8 and default_workers("cuda", 1) == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert default_workers("cpu", 1) == 2 and default_workers("cpu", 3) == 1

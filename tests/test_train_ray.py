@@ -30,7 +30,7 @@ def by_method(path):
 
 def test_ray_rows_equal_the_inline_rows_and_resume(cluster, tmp_path, capsys):
     args = TINY + ["--methods", "vanilla-sdpa,uniform", "--threads", "2"]     # each actor: the driver's threads
-    assert main(args + ["--out", str(tmp_path / "inline")]) == 0
+    assert main(args + ["--executor", "inline", "--out", str(tmp_path / "inline")]) == 0
     ray_args = args + ["--executor", "ray", "--ray-address", cluster.address, "--out", str(tmp_path / "ray")]
     assert main(ray_args) == 0
     inline, remote = by_method(tmp_path / "inline" / "rows.jsonl"), by_method(tmp_path / "ray" / "rows.jsonl")

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from attnbench.train.settings import DEFAULT_M, DEFAULT_N, DEFAULT_STEPS, TASK_NAMES, ModelSettings
+from attnbench.train.settings import DEFAULT_M, DEFAULT_N, DEFAULT_STEPS, DEFAULT_TASKS, TASK_NAMES, ModelSettings
 
 # In the CPU default sweep, but its forward is the eager `anchor` (it compiles only the timed
 # closure of a sweep point): training it would repeat `anchor` under another name.
@@ -24,8 +24,18 @@ def default_methods(device: str) -> tuple[str, ...]:
                  if m["available"] and m["default_sweep"] and m["name"] not in NOT_TRAINED_BY_DEFAULT)
 
 
+def default_workers(device: str, threads: int) -> int:
+    """Workers of ``--executor process`` when not given: on CPU the cores over the threads each
+    worker uses (at most 8); on CUDA one, the GPU's timings not shared with another point."""
+    import os
+
+    if device != "cpu":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, threads)))
+
+
 def _tasks(bad, spec: str | None) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(s.strip() for s in (spec or ",".join(TASK_NAMES)).split(",") if s.strip()))
+    names = tuple(dict.fromkeys(s.strip() for s in (spec or ",".join(DEFAULT_TASKS)).split(",") if s.strip()))
     unknown = [t for t in names if t not in TASK_NAMES]
     if not names or unknown:
         raise bad(f"unknown --task {spec!r}; use {', '.join(TASK_NAMES)} (comma list allowed)")
@@ -66,7 +76,7 @@ def _positive(bad, **values: float | None) -> None:
 
 
 def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec, steps, layers, width, heads,
-                  batch, lr, seed, threads, device, eval_every, out, executor="inline", workers=None,
+                  batch, lr, seed, threads, device, eval_every, out, executor="process", workers=None,
                   plugins: tuple[str, ...] = (), ray_address: str | None = None) -> None:
     """Check the options, train every point not yet in OUT, one line each, then where the rows went."""
     import torch
@@ -104,6 +114,8 @@ def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec
                       model=ModelSettings(layers=layers, width=width, heads=heads, batch=batch, lr=lr),
                       seed=seed, device=device, out=Path(out or "results/train"), eval_every=eval_every or 0)
     torch.set_num_threads(threads)
+    if executor == "process" and workers is None:
+        workers = default_workers(device, threads)
     try:
         written, skipped = run_train(cfg, argv=["bench.py"] + sys.argv[1:], echo=click.echo, executor=executor,
                                      workers=workers, plugins=plugins, ray_address=ray_address)
@@ -134,11 +146,12 @@ def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     d = ModelSettings()
     steps = ", ".join(f"{t} {s}" for t, s in DEFAULT_STEPS.items())
     opts = [
-        click.option("--task", default=None, help=f"Tasks, comma list of {', '.join(TASK_NAMES)} (default: all)."),
+        click.option("--task", default=None,
+                     help=f"Tasks, comma list of {', '.join(TASK_NAMES)} (default: {','.join(DEFAULT_TASKS)})."),
         click.option("--methods", default=None, help="Registered methods (default: the default sweep's, "
                      "compiled ones left out on CPU)."),
         click.option("--n", "n_spec", default=None,
-                     help="Token counts (default per task: recall 64,128; listops 64,256; grid 8x8, 16x16)."),
+                     help="Token counts (default per task: recall 64,128; listops 64,256; grid and pathfinder 8x8, 16x16)."),
         click.option("--m", "m_spec", default=None, help=f"Budgets of budgeted methods (default {DEFAULT_M})."),
         click.option("--steps", default=None, type=int, help=f"Training steps (default per task: {steps})."),
         click.option("--layers", default=d.layers, show_default=True, type=int),
@@ -151,10 +164,11 @@ def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
         click.option("--eval-every", default=None, type=int, help="Also score the held-out set every S steps."),
         click.option("--out", default=None, help="Run folder (default results/train); rerun to resume."),
-        click.option("--executor", default="inline", show_default=True, help="inline (this process), process "
-                     "(--workers spawned processes train points at once, each with --threads threads) or ray "
+        click.option("--executor", default="process", show_default=True, help="process (--workers spawned processes "
+                     "train points at once, each with --threads threads), inline (this process) or ray "
                      "(Ray actors, one GPU each on CUDA; see docs/train.md)."),
-        click.option("--workers", default=None, type=int, help="Processes of --executor process (default 2); "
+        click.option("--workers", default=None, type=int, help="Processes of --executor process (default: on CPU the "
+                     "cores // --threads, at most 8; on CUDA 1); "
                      "actors of --executor ray (default: a local instance of 2, or as many as the cluster holds)."),
         click.option("--ray-address", default=None, help="Ray cluster to join (default: start a local one)."),
     ]

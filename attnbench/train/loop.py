@@ -27,8 +27,8 @@ from attnbench.train.model import Encoder, ModelSettings
 from attnbench.train.tasks import IGNORE, TASKS, Task, chance
 
 from attnbench.train.settings import DEFAULT_M, DEFAULT_STEPS
-HELD_OUT = {"recall": 256, "listops": 512, "grid": 512}
-_TASK_SEED = {"recall": 11, "listops": 12, "grid": 13}
+HELD_OUT = {"recall": 256, "listops": 512, "grid": 512, "pathfinder": 512}
+_TASK_SEED = {"recall": 11, "listops": 12, "grid": 13, "pathfinder": 14}
 _HELD_OUT_SEED = 1_000_003
 
 
@@ -220,7 +220,7 @@ def run_train(cfg: TrainConfig, argv: list[str] | None = None, echo: Callable[[s
               executor: str = "inline", workers: int | None = None, plugins: tuple[str, ...] = (),
               ray_address: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """Train every point whose row is not already in OUT/rows.jsonl: in this process
-    (``inline``), in ``workers`` spawned processes at once (``process``, default 2; a worker that
+    (``inline``), in ``workers`` spawned processes at once (``process``; a worker that
     dies makes its point an ``error`` row and the pool is restarted for the rest) or in Ray actors
     (``ray``: attnbench.train.ray_exec, on the cluster at ``ray_address`` or a local instance of
     ``workers`` slots). Only this process appends rows, each as it comes; returns the rows
@@ -275,9 +275,17 @@ def _run_in_processes(cfg: TrainConfig, todo: list[TrainPoint], workers: int,
         suspects: list[TrainPoint] = []
         try:
             while (left or running) and not suspects:
+                broken = False
                 while left and len(running) < workers:
-                    p = left.pop(0)
-                    running[pool.submit(train_point, cfg, p)] = p
+                    try:
+                        running[pool.submit(train_point, cfg, left[0])] = left[0]
+                    except BrokenProcessPool:     # a worker died since the last wait: this point never ran
+                        broken = True
+                        break
+                    left.pop(0)
+                if broken and not running:        # nothing left to wait for: the next point runs alone
+                    suspects.append(left.pop(0))
+                    break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     p = running.pop(fut)

@@ -196,7 +196,7 @@ def _grid_example(side: int, positive: bool, rng: np.random.Generator) -> np.nda
     return cells if connected(cells, a, b) == positive else None
 
 
-def make_grid(n: int, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def make_pathfinder(n: int, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Pathfinder-like: two non-touching random curves on a sqrt(n) x sqrt(n) grid and two marked
     cells; label 1 when the marks are joined by a path (the two ends of one curve), else 0.
     Half of each batch is positive; every label is checked by a breadth-first search."""
@@ -212,13 +212,45 @@ def make_grid(n: int, count: int, rng: np.random.Generator) -> tuple[np.ndarray,
     return x, y
 
 
+
+GRID_COLOURS = 4
+
+
+def grid_far(side: int, a: int, b: int) -> bool:
+    """Whether cells a and b (flat indices) are at least side // 2 apart in rows or columns."""
+    return max(abs(a // side - b // side), abs(a % side - b % side)) >= side // 2
+
+
+def make_grid(n: int, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Far colour match on a sqrt(n) x sqrt(n) grid: every cell has one of ``GRID_COLOURS`` colours
+    (channel 0); two cells are marked (channel 1), at least sqrt(n) / 2 rows or columns apart; label 1
+    when the two marked cells have the same colour. Half of each batch is positive.
+    Token ids: colours 0..C-1, unmarked C, marked C+1.
+    """
+    side, c = math.isqrt(n), GRID_COLOURS
+    colour = rng.integers(0, c, size=(count, n))
+    mark = np.full((count, n), c, dtype=np.int64)
+    y = (np.arange(count) % 2).astype(np.int64)
+    rng.shuffle(y)
+    for i in range(count):
+        a, b = rng.choice(n, size=2, replace=False)
+        while not grid_far(side, int(a), int(b)):
+            a, b = rng.choice(n, size=2, replace=False)
+        colour[i, b] = colour[i, a] if y[i] else (colour[i, a] + rng.integers(1, c)) % c
+        mark[i, a] = mark[i, b] = c + 1
+    return np.stack([colour, mark], axis=2).astype(np.int64), y
+
+
 TASKS: dict[str, Task] = {
     "recall": Task("recall", 16, "multi-query associative recall, one token per key-value pair",
                    lambda n: 2 * _recall_vocab(n) + 1, _recall_vocab, True, make_recall),
     "listops": Task("listops", 16, "ListOps (LRA): nested MAX/MIN/MED/SUM_MOD over digits, 10 classes",
                     lambda n: _DIGIT0 + 10, lambda n: 10, False, make_listops),
-    "grid": Task("grid", 16, "Pathfinder-like: are the two marked cells of a sqrt(n) x sqrt(n) grid joined",
-                 lambda n: 3, lambda n: 2, False, make_grid, square=True),
+    "grid": Task("grid", 16, "far colour match: do two marked cells, sqrt(n)/2 or more apart on a sqrt(n) x "
+                 "sqrt(n) grid, have the same colour", lambda n: GRID_COLOURS + 2, lambda n: 2, False, make_grid,
+                 square=True),
+    "pathfinder": Task("pathfinder", 16, "Pathfinder-like: are the two marked cells of a sqrt(n) x sqrt(n) grid "
+                       "joined by a path", lambda n: 3, lambda n: 2, False, make_pathfinder, square=True),
 }
 
 
