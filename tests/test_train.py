@@ -252,3 +252,28 @@ def test_default_workers_are_the_cores_over_the_threads(monkeypatch):
     assert default_workers("cpu", 4) == 4 and default_workers("cpu", 1) == 8 and default_workers("cuda", 1) == 1
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert default_workers("cpu", 1) == 2 and default_workers("cpu", 3) == 1
+
+
+def _train_rows(task, n, chance, **acc_ms):
+    return [{"kind": "train", "status": "ok", "task": task, "n": n, "method": name.replace("_", "-"),
+             "m": 16 if name == "anchor" else None, "accuracy": a, "step_ms": ms, "chance": chance}
+            for name, (a, ms) in acc_ms.items()]
+
+
+def test_train_verdicts_name_the_fastest_close_method_and_refuse_an_unlearned_task():
+    import pandas as pd
+
+    from attnbench.report.train import anchor_falloff, ok_train, verdicts
+
+    frame = pd.DataFrame(
+        _train_rows("recall", 64, 0.125, vanilla_sdpa=(1.0, 50.0), anchor=(0.985, 40.0), linear=(0.99, 45.0),
+                    uniform=(0.1, 30.0))
+        + _train_rows("recall", 128, 0.0625, vanilla_sdpa=(1.0, 60.0), anchor=(0.03, 40.0), uniform=(0.03, 30.0))
+        # exact attention barely above chance: 0.18 closes 6% of chance's gap (0.129 -> 1)
+        + _train_rows("listops", 64, 0.129, vanilla_sdpa=(0.18, 50.0), anchor=(0.17, 40.0)))
+    v = {(r["task"], r["n"]): r["verdict"] for r in verdicts(ok_train(frame)).to_dict("records")}
+    assert v[("recall", 64)].startswith("anchor m=16: accuracy 0.985 at 40.0 ms"), v
+    assert v[("recall", 128)].startswith("none: no method is within 0.02"), v
+    assert v[("listops", 64)].startswith("none: exact attention did not learn"), v
+    falloff = anchor_falloff(ok_train(frame))
+    assert "recall: falls off from n=128" in falloff and "listops" not in falloff, falloff

@@ -8,12 +8,14 @@ import pandas as pd
 
 EXACT = ("vanilla-sdpa", "vanilla-math")       # exact softmax attention; the first present is the reference
 TOLERANCE = 0.02                               # "matches exact": within this much held-out accuracy
-LEARNED = 0.05                                 # exact attention learned the task: above chance by more than this
+LEARNED = 0.25     # exact attention learned the task: it closed more than this share of chance's gap to 1
 
 
 def unlearned(ref: dict[str, Any]) -> bool:
-    """Exact attention itself stayed near chance: no method can be judged against it there."""
-    return float(ref["accuracy"]) <= float(ref["chance"]) + LEARNED
+    """Exact attention itself stayed near chance (closed at most LEARNED of the gap between chance
+    and a perfect score): no method can be judged against it there."""
+    chance = float(ref["chance"])
+    return float(ref["accuracy"]) <= chance + LEARNED * (1.0 - chance)
 
 
 def ok_train(rows: pd.DataFrame) -> pd.DataFrame:
@@ -61,8 +63,8 @@ def verdicts(ok: pd.DataFrame) -> pd.DataFrame:
         if unlearned(ref):
             out.append({"task": task, "n": int(n), "exact accuracy": round(float(ref["accuracy"]), 3),
                         "chance": round(float(ref["chance"]), 3),
-                        "verdict": "none: exact attention did not learn the task in this budget (within "
-                                   f"{LEARNED} of chance)"})
+                        "verdict": f"none: exact attention did not learn the task in this budget "
+                                   f"({ref['method']} {float(ref['accuracy']):.3f}, chance {float(ref['chance']):.3f})"})
             continue
         close = sub[(sub["accuracy"] >= ref["accuracy"] - TOLERANCE) & (sub["method"] != ref["method"])]
         close = close[~close["method"].isin(EXACT)]
