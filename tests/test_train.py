@@ -171,6 +171,8 @@ def test_cli_rows_resume_and_report(tmp_path, capsys):
     assert main(["report", "--run", str(out)]) == 0
     md = (out / "report" / "report.md").read_text()
     assert "Trained quality (tasks: grid, listops)" in md and "Task listops" in md and "Verdict per task" in md
+    heads = [line for line in md.splitlines() if line.startswith("## ")]
+    assert heads[0].startswith("## Trained quality") and "## Figures" not in heads and "err_skill" not in md
 
 
 @pytest.mark.parametrize("args, needle", [

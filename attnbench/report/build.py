@@ -299,15 +299,16 @@ def build_report(runs: list[Path], out: Path, at_n: int | None = None, fit_point
     ok = T.ok_attention(data.rows)
     grouped = sorted(T.groups(ok), key=lambda g: V.gaussian_note(g[1]) is not None)  # structured workloads first
     names = [("", "") if len(grouped) == 1 else (f"-g{i + 1}", f", group {i + 1}") for i in range(len(grouped))]
-    ctx.page.add("p", INTRO)
-    for (label, sub), (suffix, group) in zip(grouped, names):
-        verdict_section(ctx, label, sub, suffix, group)
-    ctx.page.add("h2", "Figures")
-    for (label, sub), (suffix, _) in zip(grouped, names):
-        figures_section(ctx, label, sub, suffix)
-    ctx.page.add("h2", "Tables")
-    for (label, sub), (suffix, group) in zip(grouped, names):
-        tables_section(ctx, label, sub, suffix, group)
+    if grouped or TR.ok_train(data.rows).empty:       # a folder of train rows alone opens with their verdicts
+        ctx.page.add("p", INTRO)
+        for (label, sub), (suffix, group) in zip(grouped, names):
+            verdict_section(ctx, label, sub, suffix, group)
+        ctx.page.add("h2", "Figures")
+        for (label, sub), (suffix, _) in zip(grouped, names):
+            figures_section(ctx, label, sub, suffix)
+        ctx.page.add("h2", "Tables")
+        for (label, sub), (suffix, group) in zip(grouped, names):
+            tables_section(ctx, label, sub, suffix, group)
     model_section(ctx, data.rows)
     train_section(ctx, data.rows)
     failed_section(ctx, data.rows)

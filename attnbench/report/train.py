@@ -103,13 +103,18 @@ def accuracy_figure(ok: pd.DataFrame, task: str):
 
     sub = ok[ok["task"] == task]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for series, s in sub.groupby("series", sort=True):
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^vP"
+    for i, (series, s) in enumerate(sub.groupby("series", sort=True)):
         exact = s["method"].iloc[0] in EXACT
-        ax.plot(s["n"], s["accuracy"], marker="*" if exact else "o", lw=2.5 if exact else 1, label=series,
-                color="black" if exact else None, zorder=3 if exact else 2)
+        ax.plot(s["n"], s["accuracy"], marker="*" if exact else markers[i % len(markers)], lw=2.5 if exact else 1,
+                label=series, color="black" if exact else colours[i % len(colours)], zorder=3 if exact else 2)
     chance = sub.groupby("n")["chance"].first()
     ax.plot(chance.index, chance.values, ls=":", color="grey", label="chance")
     ax.set_xscale("log", base=2)
+    ns = sorted(int(n) for n in sub["n"].unique())
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
     ax.set_xlabel("n (tokens)")
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"{task}: held-out accuracy after training, per attention")
