@@ -160,7 +160,7 @@ def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch", default=None, type=int, help=f"Sequences per step (default {d.tokens} // n)."),
         click.option("--lr", default=d.lr, show_default=True, type=float, help="AdamW peak learning rate."),
         click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--threads", default=1, show_default=True, type=int, help="torch CPU threads."),
+        click.option("--threads", default=1, show_default=True, type=int, help="torch CPU threads (of each worker)."),
         click.option("--device", default="cpu", show_default=True, help="cpu or cuda."),
         click.option("--eval-every", default=None, type=int, help="Also score the held-out set every S steps."),
         click.option("--out", default=None, help="Run folder (default results/train); rerun to resume."),
