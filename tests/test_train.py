@@ -248,7 +248,7 @@ def test_executor_ray_without_ray_installed_is_one_line_with_the_install_hint(ca
 
 
 def test_default_workers_are_the_cores_over_the_threads(monkeypatch):
-    from attnbench.train.cli import default_workers
+    from attnbench.train.settings import default_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert default_workers("cpu", 4) == 4 and default_workers("cpu", 1) == 8 and default_workers("cuda", 1) == 1

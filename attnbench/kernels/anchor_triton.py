@@ -152,6 +152,12 @@ def _tile_weights(kt, u, qk_scale, m_mask, row_mask, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(ptr, b, h, s_b, s_h, s_n, s_d, rows, offs_d, tile_mask):
+    """The (BLOCK_N, D_PAD) tile of tokens ``rows`` of one (batch, head) of a (B, H, N, D) tensor."""
+    return tl.load(ptr + b * s_b + h * s_h + rows[:, None] * s_n + offs_d[None, :] * s_d, mask=tile_mask, other=0.0)
+
+
+@triton.jit
 def _load_anchors(u_ptr, b, h, s_ub, s_uh, s_um, s_ud, offs_m, offs_d, m_mask, d_mask):
     ptrs = u_ptr + b * s_ub + h * s_uh + offs_m[:, None] * s_um + offs_d[None, :] * s_ud
     return tl.load(ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)  # (M_PAD, D_PAD)
@@ -375,12 +381,9 @@ def _anchor_bwd(g_ptr, k_ptr, v_ptr, u_ptr, m2_ptr, dm1_ptr, ds_ptr, dk_ptr, dv_
             rows = start + offs_n
             row_mask = rows < hi
             tile_mask = row_mask[:, None] & d_mask[None, :]
-            kt = tl.load(k_ptr + b * s_kb + h * s_kh + rows[:, None] * s_kn + offs_d[None, :] * s_kd,
-                         mask=tile_mask, other=0.0)
-            gt = tl.load(g_ptr + b * s_gb + h * s_gh + rows[:, None] * s_gn + offs_d[None, :] * s_gd,
-                         mask=tile_mask, other=0.0)
-            vt = tl.load(v_ptr + b * s_vb + h * s_vh + rows[:, None] * s_vn + offs_d[None, :] * s_vd,
-                         mask=tile_mask, other=0.0)
+            kt = _load_rows(k_ptr, b, h, s_kb, s_kh, s_kn, s_kd, rows, offs_d, tile_mask)
+            gt = _load_rows(g_ptr, b, h, s_gb, s_gh, s_gn, s_gd, rows, offs_d, tile_mask)
+            vt = _load_rows(v_ptr, b, h, s_vb, s_vh, s_vn, s_vd, rows, offs_d, tile_mask)
             if BLOCK_M == M_PAD:
                 a = _tile_weights(kt, u, qk_scale, m_mask, row_mask, PRECISION)
                 da = tl.dot(gt, tl.trans(m2), input_precision=PRECISION) \
@@ -409,12 +412,9 @@ def _anchor_bwd(g_ptr, k_ptr, v_ptr, u_ptr, m2_ptr, dm1_ptr, ds_ptr, dk_ptr, dv_
             rows = start + offs_n
             row_mask = rows < hi
             tile_mask = row_mask[:, None] & d_mask[None, :]
-            kt = tl.load(k_ptr + b * s_kb + h * s_kh + rows[:, None] * s_kn + offs_d[None, :] * s_kd,
-                         mask=tile_mask, other=0.0)
-            gt = tl.load(g_ptr + b * s_gb + h * s_gh + rows[:, None] * s_gn + offs_d[None, :] * s_gd,
-                         mask=tile_mask, other=0.0)
-            vt = tl.load(v_ptr + b * s_vb + h * s_vh + rows[:, None] * s_vn + offs_d[None, :] * s_vd,
-                         mask=tile_mask, other=0.0)
+            kt = _load_rows(k_ptr, b, h, s_kb, s_kh, s_kn, s_kd, rows, offs_d, tile_mask)
+            gt = _load_rows(g_ptr, b, h, s_gb, s_gh, s_gn, s_gd, rows, offs_d, tile_mask)
+            vt = _load_rows(v_ptr, b, h, s_vb, s_vh, s_vn, s_vd, rows, offs_d, tile_mask)
             dx = tl.zeros((BLOCK_N, D_PAD), dtype=tl.float32)
             if blk == M_PAD // BLOCK_M:                                     # dk = Σ_i dL_i U_i
                 mx, tot, r = _bwd_row_terms(kt, gt, vt, u_ptr, m2_ptr, dm1_ptr, ds_ptr, b, h, s_ub, s_uh, s_um,

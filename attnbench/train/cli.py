@@ -24,16 +24,6 @@ def default_methods(device: str) -> tuple[str, ...]:
                  if m["available"] and m["default_sweep"] and m["name"] not in NOT_TRAINED_BY_DEFAULT)
 
 
-def default_workers(device: str, threads: int) -> int:
-    """Workers of ``--executor process`` when not given: on CPU the cores over the threads each
-    worker uses (at most 8); on CUDA one, the GPU's timings not shared with another point."""
-    import os
-
-    if device != "cpu":
-        return 1
-    return max(1, min(8, (os.cpu_count() or 1) // max(1, threads)))
-
-
 def _tasks(bad, spec: str | None) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(s.strip() for s in (spec or ",".join(DEFAULT_TASKS)).split(",") if s.strip()))
     unknown = [t for t in names if t not in TASK_NAMES]
@@ -84,6 +74,7 @@ def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec
     from attnbench import registry
     from attnbench.spec import SpecError, parse_m_spec
     from attnbench.train.loop import TrainConfig, run_train
+    from attnbench.train.ray_exec import RayRunError
 
     _positive(bad, steps=steps, layers=layers, width=width, heads=heads, batch=batch, lr=lr, threads=threads,
               workers=workers)
@@ -114,16 +105,10 @@ def run_train_cmd(bad: Callable[[str], Exception], task, methods, n_spec, m_spec
                       model=ModelSettings(layers=layers, width=width, heads=heads, batch=batch, lr=lr),
                       seed=seed, device=device, out=Path(out or "results/train"), eval_every=eval_every or 0)
     torch.set_num_threads(threads)
-    if executor == "process" and workers is None:
-        workers = default_workers(device, threads)
     try:
         written, skipped = run_train(cfg, argv=["bench.py"] + sys.argv[1:], echo=click.echo, executor=executor,
                                      workers=workers, plugins=plugins, ray_address=ray_address)
-    except Exception as exc:
-        from attnbench.train.ray_exec import RayRunError
-
-        if not isinstance(exc, RayRunError):
-            raise
+    except RayRunError as exc:
         click.echo(f"error: {exc}; the rows trained so far are in {cfg.out / 'rows.jsonl'}", err=True)
         raise click.exceptions.Exit(1) from None
     if skipped:

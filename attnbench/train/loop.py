@@ -26,7 +26,7 @@ from attnbench.spec import is_oom, one_line
 from attnbench.train.model import Encoder, ModelSettings
 from attnbench.train.tasks import IGNORE, TASKS, Task, chance
 
-from attnbench.train.settings import DEFAULT_M, DEFAULT_STEPS
+from attnbench.train.settings import DEFAULT_M, DEFAULT_STEPS, default_workers
 HELD_OUT = {"recall": 256, "listops": 512, "grid": 512, "pathfinder": 512}
 _TASK_SEED = {"recall": 11, "listops": 12, "grid": 13, "pathfinder": 14}
 _HELD_OUT_SEED = 1_000_003
@@ -220,7 +220,8 @@ def run_train(cfg: TrainConfig, argv: list[str] | None = None, echo: Callable[[s
               executor: str = "inline", workers: int | None = None, plugins: tuple[str, ...] = (),
               ray_address: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """Train every point whose row is not already in OUT/rows.jsonl: in this process
-    (``inline``), in ``workers`` spawned processes at once (``process``; a worker that
+    (``inline``), in ``workers`` spawned processes at once (``process``, default
+    ``settings.default_workers``; a worker that
     dies makes its point an ``error`` row and the pool is restarted for the rest) or in Ray actors
     (``ray``: attnbench.train.ray_exec, on the cluster at ``ray_address`` or a local instance of
     ``workers`` slots). Only this process appends rows, each as it comes; returns the rows
@@ -228,8 +229,8 @@ def run_train(cfg: TrainConfig, argv: list[str] | None = None, echo: Callable[[s
     from attnbench.results import FolderLock, RowWriter, measured_keys
 
     with FolderLock(cfg.out):
-        done = measured_keys(cfg.out)
-        todo = [p for p in points(cfg) if rows.identity(base_row(cfg, p)) not in done]
+        done, every = measured_keys(cfg.out), points(cfg)
+        todo = [p for p in every if rows.identity(base_row(cfg, p)) not in done]
         stamp = record_invocation(cfg, argv if argv is not None else sys.argv) if todo else {}
         writer, written = RowWriter(cfg.out / "rows.jsonl"), []
 
@@ -241,7 +242,7 @@ def run_train(cfg: TrainConfig, argv: list[str] | None = None, echo: Callable[[s
                 echo(summary_line(row))
 
         if executor == "process" and todo:
-            _run_in_processes(cfg, todo, workers or 2, keep, plugins)
+            _run_in_processes(cfg, todo, workers or default_workers(cfg.device, torch.get_num_threads()), keep, plugins)
         elif executor == "ray" and todo:
             from attnbench.train.ray_exec import run_in_ray
 
@@ -250,7 +251,7 @@ def run_train(cfg: TrainConfig, argv: list[str] | None = None, echo: Callable[[s
         else:
             for p in todo:
                 keep(train_point(cfg, p))
-    return written, len(points(cfg)) - len(todo)
+    return written, len(every) - len(todo)
 
 
 def _worker_init(threads: int, plugins: tuple[str, ...]) -> None:
@@ -260,17 +261,24 @@ def _worker_init(threads: int, plugins: tuple[str, ...]) -> None:
         registry.load_plugin(spec)
 
 
+def _spawn_pool(workers: int, plugins: tuple[str, ...]):
+    """A pool of ``workers`` spawned processes, each with this process's torch threads and plugins."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(torch.get_num_threads(), plugins))
+
+
 def _run_in_processes(cfg: TrainConfig, todo: list[TrainPoint], workers: int,
                       keep: Callable[[dict[str, Any]], None], plugins: tuple[str, ...] = ()) -> None:
     """Train ``todo`` in ``workers`` spawned processes, each with this process's torch threads."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
     left = list(todo)
     while left:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init, initargs=(torch.get_num_threads(), plugins))
+        pool = _spawn_pool(workers, plugins)
         running: dict[Any, TrainPoint] = {}
         suspects: list[TrainPoint] = []
         try:
@@ -302,12 +310,9 @@ def _run_in_processes(cfg: TrainConfig, todo: list[TrainPoint], workers: int,
 
 def _one_in_fresh_process(cfg: TrainConfig, p: TrainPoint, plugins: tuple[str, ...] = ()) -> dict[str, Any]:
     """One point in its own spawned process; its death is the point's ``error`` row."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init, initargs=(torch.get_num_threads(), plugins)) as pool:
+    with _spawn_pool(1, plugins) as pool:
         try:
             return pool.submit(train_point, cfg, p).result()
         except BrokenProcessPool:

@@ -73,8 +73,9 @@ def run_in_ray(fn: Callable[[Any, Any], Row], cfg: Any, todo: list, keep: Callab
     live: list = []                                   # every actor started, killed at the end
     try:
         remote_cls = ray.remote(max_restarts=0)(TrainActor)
-        options = _actor_options(ray.cluster_resources(), cfg.device, threads)
-        count = min(len(todo), _slots(ray.cluster_resources(), cfg.device, threads, workers))
+        total = ray.cluster_resources()
+        options = _actor_options(total, cfg.device, threads)
+        count = min(len(todo), _slots(total, cfg.device, threads, workers))
         if count < 1:
             raise RayRunError(f"the Ray cluster has no room for a training worker ({_need(options)} each)")
 

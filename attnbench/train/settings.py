@@ -14,6 +14,16 @@ DEFAULT_N = {"recall": (64, 128), "listops": (64, 256), "grid": (64, 256), "path
 DEFAULT_M = 16
 
 
+def default_workers(device: str, threads: int) -> int:
+    """Workers of ``--executor process`` when not given: on CPU the cores over the threads each
+    worker uses (at most 8); on CUDA one, the GPU's timings not shared with another point."""
+    import os
+
+    if device != "cpu":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, threads)))
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """The model and optimiser settings a train row's identity carries."""
